@@ -1,0 +1,248 @@
+"""Typed, frozen configuration: one dataclass per concern, a docstring on every field.
+
+Every field is declared with `param(default, doc, ...)`; the doc is the field's documentation
+(it becomes the `--help` text of its command-line flag) and the constraint is checked in
+`__post_init__`, so an invalid value can never exist in a config object. A config is built from
+defaults, then a YAML or JSON file (`load_file`), then command-line flags (`add_flags` /
+`from_flags`), each layer validated; unknown keys are rejected by name.
+
+Derived quantities are properties, never mutated fields. Nothing here reads globals or
+environment variables.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+Check = Callable[[Any], Optional[str]]
+
+
+def param(default: Any, doc: str, *, choices: tuple | None = None, check: Check | None = None) -> Any:
+    """Declare a config field with its documentation and constraint.
+
+    Args:
+        default: default value.
+        doc: what the field means (shown in `--help`).
+        choices: the allowed values, if a closed set.
+        check: returns None when a value is fine, else a phrase saying what is expected.
+    """
+    return dataclasses.field(default=default, metadata={"doc": doc, "choices": choices, "check": check})
+
+
+def at_least(low: float) -> Check:
+    return lambda v: None if v >= low else f"a value >= {low}"
+
+
+def in_range(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"a value in [{low}, {high}]"
+
+
+def positive(v: float) -> str | None:
+    return None if v > 0 else "a positive value"
+
+
+def _type_of(cls: type, f: dataclasses.Field) -> Any:
+    return typing.get_type_hints(cls)[f.name]
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and losslessly convert) `value` to the annotated type `tp`."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or str(origin) == "types.UnionType":
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: got {value!r}, expected true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: got {value!r}, expected an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: got {value!r}, expected a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: got {value!r}, expected a string")
+    return value
+
+
+class Section:
+    """Base of every config dataclass: validates each field on construction."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            where = f"{type(self).section_name()}.{f.name}"
+            if dataclasses.is_dataclass(value):
+                continue
+            coerced = _coerce(value, _type_of(type(self), f), where)
+            if coerced is not value:
+                object.__setattr__(self, f.name, coerced)
+            choices, check = f.metadata.get("choices"), f.metadata.get("check")
+            if choices is not None and coerced not in choices:
+                allowed = ", ".join(map(str, choices))
+                raise ConfigError(f"{where}: got {coerced!r}, expected one of {allowed}")
+            if check is not None and coerced is not None:
+                expected = check(coerced)
+                if expected:
+                    raise ConfigError(f"{where}: got {coerced!r}, expected {expected}")
+
+    @classmethod
+    def section_name(cls) -> str:
+        return getattr(cls, "SECTION", cls.__name__)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str | None = None):
+        """Build from a (possibly nested) dict, rejecting unknown keys by name."""
+        where = where or cls.section_name()
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: expected a mapping of field names to values, got {values!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+        kwargs = {}
+        for name, value in values.items():
+            tp = _type_of(cls, fields[name])
+            if isinstance(tp, type) and issubclass(tp, Section):
+                value = tp.from_dict(value, f"{where}.{name}")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def load_file(path: str | os.PathLike) -> dict:
+    """Read a YAML or JSON config file into a dict (JSON is valid YAML; `.json` is read as JSON)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def save_file(cfg: Section, path: str | os.PathLike) -> None:
+    """Write a config as YAML, atomically."""
+    from .io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one `--flag` per field of `cls` (default None = "not given"), help from its doc."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        tp = _type_of(cls, f)
+        base = [a for a in typing.get_args(tp) if a is not type(None)][0] if typing.get_args(tp) else tp
+        doc = f.metadata.get("doc", "")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f"{doc} (default: {default})"
+        if base is bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, type=_parse_flag(base, _flag(f.name)),
+                                choices=f.metadata.get("choices"), default=None, help=help_text)
+
+
+def _parse_flag(tp: type, flag: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return tp(text)
+        except ValueError:
+            kind = {int: "an integer", float: "a number"}.get(tp, tp.__name__)
+            raise argparse.ArgumentTypeError(f"{flag}: got {text!r}, expected {kind}") from None
+
+    parse.__name__ = tp.__name__
+    return parse
+
+
+def from_flags(cls: type, args: argparse.Namespace, base: dict | None = None):
+    """Defaults, then `base` (from a file), then every flag the user gave."""
+    values = dict(base or {})
+    for f in dataclasses.fields(cls):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    return cls.from_dict(values)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GenerateConfig(Section):
+    """How to generate an NRI benchmark dataset (`nri-ray data generate`)."""
+
+    SECTION = "generate"
+
+    sim: str = param("springs", "simulator: springs (Hooke springs) or charged (Coulomb charges)",
+                     choices=("springs", "charged"))
+    n_balls: int = param(5, "number of particles per trajectory", check=at_least(2))
+    num_train: int = param(50000, "meta-train trajectories", check=at_least(1))
+    num_valid: int = param(10000, "meta-valid trajectories", check=at_least(1))
+    num_test: int = param(10000, "meta-test trajectories", check=at_least(1))
+    length: int = param(5000, "integration steps of train and valid trajectories", check=at_least(1))
+    length_test: int = param(10000, "integration steps of test trajectories", check=at_least(1))
+    sample_freq: int = param(100, "save one frame every this many steps", check=at_least(1))
+    seed: int = param(42, "random seed", check=at_least(0))
+    nri_exact: bool = param(False, "replay the original generator's RNG stream (bit-exact arrays)")
+    chunk_size: int = param(1000, "trajectories simulated together in one vectorized batch", check=at_least(1))
+    workers: int = param(0, "processes that simulate chunks in parallel (0 = one per CPU core)", check=at_least(0))
+    row_group_size: int = param(2000, "tasks per Parquet row group (readers load whole row groups)",
+                                check=at_least(1))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("length", "length_test"):
+            value = getattr(self, name)
+            if value % self.sample_freq or value // self.sample_freq < 2:
+                raise ConfigError(
+                    f"generate.{name}: got {value}, expected a multiple of sample_freq "
+                    f"({self.sample_freq}) of at least 2 * sample_freq"
+                )
+
+    @property
+    def frames(self) -> int:
+        """Saved frames of train and valid trajectories."""
+        return self.length // self.sample_freq - 1
+
+    @property
+    def frames_test(self) -> int:
+        """Saved frames of test trajectories."""
+        return self.length_test // self.sample_freq - 1
+
+    @property
+    def num_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1

@@ -1,0 +1,65 @@
+"""Config: frozen, documented, validated field by field; files and flags layer over defaults."""
+import argparse
+import dataclasses
+
+import pytest
+
+from nri_ray import config as C
+from nri_ray.errors import ConfigError
+
+
+def test_every_field_is_documented():
+    for f in dataclasses.fields(C.GenerateConfig):
+        assert len(f.metadata.get("doc", "")) > 10, f.name
+
+
+def test_frozen():
+    cfg = C.GenerateConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 1
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"sim": "gravity"}, "generate.sim: got 'gravity', expected one of springs, charged"),
+    ({"n_balls": "5"}, "generate.n_balls: got '5', expected an integer"),
+    ({"nri_exact": 1}, "generate.nri_exact: got 1, expected true or false"),
+    ({"seed": -1}, "generate.seed: got -1, expected a value >= 0"),
+    ({"colour": "red"}, "generate: unknown field(s) colour"),
+])
+def test_invalid_values_are_rejected_with_field_and_expectation(values, message):
+    with pytest.raises(ConfigError) as exc:
+        C.GenerateConfig.from_dict(values)
+    assert message in str(exc.value)
+
+
+def test_file_then_flags(tmp_path):
+    path = tmp_path / "gen.yaml"
+    path.write_text("sim: charged\nn_balls: 3\nseed: 9\n")
+    parser = argparse.ArgumentParser()
+    C.add_flags(parser, C.GenerateConfig)
+    args = parser.parse_args(["--seed", "11", "--nri-exact"])
+    cfg = C.from_flags(C.GenerateConfig, args, C.load_file(path))
+    assert (cfg.sim, cfg.n_balls, cfg.seed, cfg.nri_exact) == ("charged", 3, 11, True)
+    assert cfg.frames == 49 and cfg.frames_test == 99
+
+
+def test_json_file_and_bad_files(tmp_path):
+    good = tmp_path / "c.json"
+    good.write_text('{"n_balls": 4}')
+    assert C.GenerateConfig.from_dict(C.load_file(good)).n_balls == 4
+    bad = tmp_path / "bad.json"
+    bad.write_text("{n_balls: ")
+    with pytest.raises(ConfigError, match="bad.json: not valid JSON"):
+        C.load_file(bad)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        C.load_file(tmp_path / "missing.yaml")
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        C.load_file(listy)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    cfg = C.GenerateConfig(sim="charged", seed=5)
+    C.save_file(cfg, tmp_path / "c.yaml")
+    assert C.GenerateConfig.from_dict(C.load_file(tmp_path / "c.yaml")) == cfg
