@@ -246,3 +246,156 @@ class GenerateConfig(Section):
     @property
     def num_workers(self) -> int:
         return self.workers or os.cpu_count() or 1
+
+
+def _widths(v: str) -> str | None:
+    try:
+        ok = all(int(x) > 0 for x in v.split(","))
+    except ValueError:
+        ok = False
+    return None if ok else "comma-separated positive integers, e.g. 256,256,256"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig(Section):
+    """The module library (REFERENCE.md 1.2)."""
+
+    SECTION = "model"
+
+    edge_modules: int = param(2, "K, the number of edge modules", check=at_least(2))
+    edge_hidden: str = param("256,256,256", "edge MLP widths after the 2*dims input (last = message size)",
+                             check=_widths)
+    node_hidden: str = param("256,256,256", "node MLP hidden widths (input message+dims, output dims)", check=_widths)
+    rollout: int = param(10, "rollout steps from each ground-truth anchor frame", check=at_least(1))
+
+    @property
+    def edge_widths(self) -> list[int]:
+        return [int(x) for x in self.edge_hidden.split(",")]
+
+    @property
+    def node_widths(self) -> list[int]:
+        return [int(x) for x in self.node_hidden.split(",")]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProposalConfig(Section):
+    """How SA proposes structures, and the proposal network."""
+
+    SECTION = "proposal"
+
+    proposal: str = param("learned", "learned (blocked Gibbs from the proposal network) or uniform (one edge)",
+                      choices=("learned", "uniform"))
+    epsilon: float = param(0.1, "mixing rate of the uniform distribution into learned proposals",
+                           check=in_range(0.0, 1.0))
+    proposal_hidden: int = param(256, "proposal network width", check=at_least(1))
+    proposal_lr: float = param(1e-3, "Adam learning rate of the proposal network", check=positive)
+    proposal_clip: float = param(1.0, "gradient-norm clip of the proposal network (0 = none)", check=at_least(0.0))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AnnealConfig(Section):
+    """Simulated-annealing temperature schedule, in units of rounds and of the loss."""
+
+    SECTION = "anneal"
+
+    schedule: str = param("adaptive", "adaptive, geometric or constant", choices=("adaptive", "geometric", "constant"))
+    t0: float = param(5.5e-5, "initial temperature (the authors': e^-9.8)", check=at_least(0.0))
+    temp_decay: float = param(0.999, "geometric: temperature factor per round", check=in_range(0.0, 1.0))
+    target0: float = param(0.37, "adaptive: initial target acceptance ratio of worse proposals",
+                           check=in_range(0.0, 1.0))
+    target_decay_rounds: float = param(500.0, "adaptive: rounds over which the target falls by a factor e",
+                                       check=positive)
+    temp_factor: float = param(1.1, "adaptive: temperature multiplier per round", check=at_least(1.0))
+    ratio_rate: float = param(0.05, "adaptive: averaging rate of the worse-acceptance estimate", check=in_range(0.0, 1.0))
+    t_min: float = param(1e-12, "lowest temperature", check=at_least(0.0))
+    t_max: float = param(1.0, "highest temperature", check=positive)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(Section):
+    """The BounceGrad loop."""
+
+    SECTION = "train"
+
+    rounds: int = param(2000, "BounceGrad rounds (one gradient step each)", check=at_least(0))
+    meta_batch_size: int = param(128, "B, tasks per round", check=at_least(1))
+    lr: float = param(1e-2, "Adam learning rate of the modules (published: 1e-2 springs, 1e-4 charged)",
+                      check=positive)
+    plateau_patience: int = param(0, "halve the module lr after this many evaluations without improvement "
+                                     "(0 = no schedule)", check=at_least(0))
+    min_lr: float = param(1e-5, "floor of the plateau schedule", check=at_least(0.0))
+    grad_split: str = param("same", "same: SA and gradient on all frames (authors' code); heldout: SA on the "
+                                    "first sa_frames, gradient on the rest", choices=("same", "heldout"))
+    sa_frames: int = param(49, "frames SA (and the proposal network) see; 49 = the NRI observation window",
+                           check=at_least(2))
+    heldout_frames: int = param(20, "heldout: frames at the end of each meta-train trajectory used for the "
+                                    "gradient", check=at_least(2))
+    eval_every: int = param(100, "rounds between evaluations on meta-valid tasks", check=at_least(1))
+    eval_tasks: int = param(200, "meta-valid tasks used per evaluation (0 = all)", check=at_least(0))
+    eval_sa_steps: int = param(20, "SA steps per task in each evaluation", check=at_least(0))
+    checkpoint_every: int = param(100, "rounds between checkpoints (the last round is always saved)",
+                                  check=at_least(1))
+    num_shards: int = param(1, "shard workers (tasks are split evenly in id order)", check=at_least(1))
+    device: str = param("auto", "auto (cuda when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
+    threads: int = param(0, "torch intra-op threads (0 = torch default)", check=at_least(0))
+    seed: int = param(0, "seed of module init, structures, proposals and batches", check=at_least(0))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(Section):
+    """A whole training run."""
+
+    SECTION = "config"
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig, metadata={"doc": "module library"})
+    proposal: ProposalConfig = dataclasses.field(default_factory=ProposalConfig, metadata={"doc": "proposals"})
+    anneal: AnnealConfig = dataclasses.field(default_factory=AnnealConfig, metadata={"doc": "temperature"})
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig, metadata={"doc": "BounceGrad loop"})
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name).to_dict() for name in ("model", "proposal", "anneal", "train")}
+
+
+SECTIONS = {"model": ModelConfig, "proposal": ProposalConfig, "anneal": AnnealConfig, "train": TrainConfig}
+
+
+def preset(name: str) -> dict:
+    """Named starting points: `paper` (published architecture and hyper-parameters), `small` (CPU)."""
+    if name == "paper":
+        return {}
+    if name == "small":
+        return {
+            "model": {"edge_hidden": "64,64", "node_hidden": "64,64"},
+            "proposal": {"proposal_hidden": 64, "proposal_lr": 3e-3},
+            "train": {"rounds": 400, "meta_batch_size": 64, "lr": 3e-3, "eval_every": 50, "eval_tasks": 200,
+                      "checkpoint_every": 100},
+        }
+    raise ConfigError(f"--preset: got {name!r}, expected one of small, paper")
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge two config dicts (override wins)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One `--flag` per field of every section (section names are not needed: fields are unique)."""
+    for cls in SECTIONS.values():
+        group = parser.add_argument_group(cls.section_name(), cls.__doc__)
+        add_flags(group, cls)
+
+
+def config_from_flags(args: argparse.Namespace, base: dict) -> Config:
+    values = merge(base, {})
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            given = getattr(args, f.name, None)
+            if given is not None:
+                values.setdefault(section, {})[f.name] = given
+    return Config.from_dict(values)

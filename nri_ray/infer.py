@@ -1,0 +1,73 @@
+"""Meta-test inference: with the modules frozen, infer each new task's structure by SA.
+
+Start from the proposal network's most likely structure (this alone is the "proposal-only"
+accuracy), then run `steps` SA steps with learned proposals, batched over all tasks. Modules are
+frozen, so a task's current loss never changes and each step needs one batched forward pass, of
+the proposed structures only. SA looks at the first `sa_frames` frames (the NRI observation
+window); prediction MSE is then measured from frame `sa_frames` on (DATA.md A4).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from . import rng
+from .annealing import anneal_step
+from .gnn import anchored_losses, rollout
+from .metrics import horizon_mse
+from .modules import ModuleLibrary
+from .proposal import ProposalNet, propose_learned
+
+# Draws for inference use their own streams (never those of training rounds).
+_INFER_NODE, _INFER_EDGES, _INFER_ACCEPT = 101, 102, 103
+
+
+class Inference(NamedTuple):
+    """Shape: structures, proposal_structures `[tasks, edges]` int64; losses `[tasks]`."""
+
+    structures: torch.Tensor
+    proposal_structures: torch.Tensor
+    losses: torch.Tensor
+
+
+@torch.no_grad()
+def infer_structures(lib: ModuleLibrary, proposer: ProposalNet, trajectories: torch.Tensor, task_ids: torch.Tensor,
+                     *, sa_frames: int, rollout_steps: int, steps: int, epsilon: float, temperature: float,
+                     seed: int, batch_size: int = 512) -> Inference:
+    """SA structure inference for `[tasks, time, nodes, dims]` trajectories, in task batches."""
+    out = []
+    for a in range(0, trajectories.shape[0], batch_size):
+        window = trajectories[a:a + batch_size, :sa_frames]  # [batch, frames, nodes, dims]
+        ids = task_ids[a:a + batch_size]
+        probs = torch.softmax(proposer(window), dim=-1)  # [batch, edges, modules]
+        first = probs.argmax(dim=-1)
+        current, loss = first, anchored_losses(lib, window, first, rollout_steps)
+        for step in range(steps):
+            node_u = rng.uniform(seed, ids, step, _INFER_NODE, 1)[:, 0]
+            edge_u = rng.uniform(seed, ids, step, _INFER_EDGES, current.shape[1])
+            proposed = propose_learned(probs, current, epsilon, node_u, edge_u)
+            proposed_loss = anchored_losses(lib, window, proposed, rollout_steps)
+            accept_u = rng.uniform(seed, ids, step, _INFER_ACCEPT, 1)[:, 0]
+            current, loss, _, _ = anneal_step(current, loss, proposed, proposed_loss, temperature, accept_u)
+        out.append(Inference(current, first, loss))
+    return Inference(*(torch.cat(parts) for parts in zip(*out)))
+
+
+@torch.no_grad()
+def predict(lib: ModuleLibrary, trajectories: torch.Tensor, structures: torch.Tensor, start: int, steps: int,
+            batch_size: int = 512) -> torch.Tensor:
+    """Open-loop predictions `[tasks, steps, nodes, dims]` from ground-truth frame `start`."""
+    parts = [rollout(lib, trajectories[a:a + batch_size, start], structures[a:a + batch_size], steps)
+             for a in range(0, trajectories.shape[0], batch_size)]
+    return torch.cat(parts)
+
+
+def prediction_mse(lib: ModuleLibrary, trajectories: torch.Tensor, structures: torch.Tensor, start: int,
+                   horizons=(1, 10, 20)) -> dict[str, float]:
+    """MSE at each horizon of one rollout from frame `start` (as far as the trajectory reaches)."""
+    steps = min(max(horizons), trajectories.shape[1] - 1 - start)
+    if steps < 1:
+        return {}
+    pred = predict(lib, trajectories, structures, start, steps)
+    return horizon_mse(pred, trajectories[:, start + 1:start + 1 + steps], horizons)

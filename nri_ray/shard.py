@@ -1,0 +1,162 @@
+"""ShardWorker: owns a contiguous range of meta-train tasks, their structures, and one BounceGrad step.
+
+One round for the shard's tasks in the meta-batch (Alet et al. 2019, BounceGrad):
+
+1. propose a new structure per task (learned blocked-Gibbs proposal or uniform);
+2. evaluate current and proposed structures in one batched pass, without autograd;
+3. accept per task by the Metropolis rule (annealing.py);
+4. one forward + backward on the chosen structures only, for the module gradient;
+5. one forward + backward of the proposal network against the chosen structures.
+
+The worker returns a `ShardReport`: gradient *sums* over its tasks (the server pools them), the
+counts and loss sums behind the metrics, and the structures it changed (the driver mirrors them).
+Random draws come from rng.py keyed by (seed, task id, round), so results do not depend on how
+tasks are spread over shards. This class imports no ray; distributed.py wraps it as an actor.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from . import rng
+from .annealing import anneal_step
+from .config import Config
+from .data import Dataset
+from .gnn import anchored_losses
+from .metrics import confusion
+from .proposal import proposal_loss, propose_learned, propose_uniform
+from .server import Weights, build_models, flatten_grads, unflatten_into
+
+
+class ShardReport(NamedTuple):
+    """What a shard sends up after a round (flat vectors are float32 numpy)."""
+
+    shard_id: int
+    round_idx: int
+    module_grad: np.ndarray  # sum over tasks of d(loss_task)/d(module weights)
+    proposal_grad: np.ndarray  # sum over tasks of d(proposal_loss_task)/d(proposal weights)
+    tasks: int
+    loss_sum: float  # SA loss of the chosen structures
+    grad_loss_sum: float  # loss the gradient was taken of
+    proposal_loss_sum: float
+    accepted: int
+    worse: int  # proposals strictly worse than the current structure
+    worse_accepted: int
+    changed_ids: np.ndarray  # [changed] int64 task ids
+    changed_structures: np.ndarray  # [changed, edges] int8
+    confusion: np.ndarray  # [modules, relations] chosen structures vs true labels
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def initial_structures(seed: int, task_ids: torch.Tensor, n_edges: int, num_modules: int) -> torch.Tensor:
+    """`[tasks, edges]` uniform random modules, a pure function of (seed, task id)."""
+    return rng.randint(seed, task_ids, 0, rng.INIT, n_edges, num_modules).to(torch.int8)
+
+
+def split_windows(trajectories: torch.Tensor, grad_split: str, heldout_frames: int):
+    """(SA window, gradient window) of `[tasks, time, nodes, dims]` trajectories."""
+    if grad_split == "same":
+        return trajectories, trajectories
+    cut = trajectories.shape[1] - heldout_frames
+    return trajectories[:, :cut], trajectories[:, cut:]
+
+
+class ShardWorker:
+    """Owns meta-train tasks [start, stop) and their structures.
+
+    Args:
+        shard_id: index of this shard.
+        data_dir: dataset directory; the shard reads only its own rows of the train split.
+        start, stop: task id range.
+        cfg: run config.
+        device: "auto", "cpu" or "cuda".
+    """
+
+    def __init__(self, shard_id: int, data_dir: str | Path, start: int, stop: int, cfg: Config, device: str = "auto"):
+        self.shard_id, self.start, self.stop, self.cfg = shard_id, start, stop, cfg
+        self.device = resolve_device(device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        part = Dataset(data_dir).read("train", start, stop)
+        self.task_ids = torch.as_tensor(np.array(part.task_ids), device=self.device)
+        self.trajectories = torch.as_tensor(part.trajectories, device=self.device)  # [tasks, time, nodes, dims]
+        self.labels = part.labels  # [tasks, edges] int8 (numpy; only for metrics)
+        n_nodes, dims = self.trajectories.shape[2], self.trajectories.shape[3]
+        sa, _ = split_windows(self.trajectories[:1], cfg.train.grad_split, cfg.train.heldout_frames)
+        self.lib, self.proposer = build_models(cfg, dims, sa.shape[1])
+        self.lib.to(self.device)
+        self.proposer.to(self.device)
+        self.n_edges = n_nodes * (n_nodes - 1)
+        self.structures = initial_structures(cfg.train.seed, self.task_ids, self.n_edges, cfg.model.edge_modules)
+
+    # -- structures: the driver mirrors them and can hand them back after a restart --
+    def get_structures(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.task_ids.cpu().numpy(), self.structures.cpu().numpy()
+
+    def set_structures(self, task_ids: np.ndarray, structures: np.ndarray) -> None:
+        idx = torch.as_tensor(task_ids, device=self.device) - self.start
+        self.structures[idx] = torch.as_tensor(structures, dtype=torch.int8, device=self.device)
+
+    def _propose(self, probs, current, ids, round_idx):
+        k = self.cfg.model.edge_modules
+        if self.cfg.proposal.proposal == "uniform":
+            u = rng.uniform(self.cfg.train.seed, ids, round_idx, rng.UNIFORM_EDGE, 2)
+            return propose_uniform(current, k, u[:, 0], u[:, 1])
+        node_u = rng.uniform(self.cfg.train.seed, ids, round_idx, rng.NODE, 1)[:, 0]
+        edge_u = rng.uniform(self.cfg.train.seed, ids, round_idx, rng.EDGES, self.n_edges)
+        return propose_learned(probs, current, self.cfg.proposal.epsilon, node_u, edge_u)
+
+    def step(self, weights: Weights, round_idx: int, task_ids, temperature: float) -> ShardReport:
+        """One BounceGrad round for `task_ids` (all owned by this shard)."""
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        unflatten_into(self.lib, weights.modules)
+        unflatten_into(self.proposer, weights.proposal)
+        ids = torch.as_tensor(np.asarray(task_ids, np.int64), device=self.device)
+        idx = ids - self.start
+        sa_traj, grad_traj = split_windows(self.trajectories[idx], cfg.train.grad_split, cfg.train.heldout_frames)
+        current = self.structures[idx].long()  # [tasks, edges]
+        with torch.no_grad():
+            probs = torch.softmax(self.proposer(sa_traj), dim=-1) if cfg.proposal.proposal == "learned" else None
+            proposed = self._propose(probs, current, ids, round_idx)
+            # Current and proposed structures of every task in one batched pass.
+            both = anchored_losses(self.lib, torch.cat([sa_traj, sa_traj]), torch.cat([current, proposed]),
+                                   cfg.model.rollout)  # [2 * tasks]
+            loss_cur, loss_prop = both.chunk(2)
+            accept_u = rng.uniform(cfg.train.seed, ids, round_idx, rng.ACCEPT, 1)[:, 0]
+            sa = anneal_step(current, loss_cur, proposed, loss_prop, temperature, accept_u)
+        self.structures[idx] = sa.structures.to(torch.int8)
+        # The gradient pass, once, on the chosen structures only.
+        self.lib.zero_grad(set_to_none=True)
+        grad_losses = anchored_losses(self.lib, grad_traj, sa.structures, cfg.model.rollout)
+        grad_losses.sum().backward()
+        self.proposer.zero_grad(set_to_none=True)
+        if cfg.proposal.proposal == "learned":
+            prop_losses = proposal_loss(self.proposer(sa_traj), sa.structures)
+            prop_losses.sum().backward()
+            prop_sum = float(prop_losses.detach().sum())
+        else:
+            prop_sum = 0.0
+        changed = (sa.structures != current).any(dim=1)
+        labels = self.labels[idx.cpu().numpy()]
+        return ShardReport(
+            shard_id=self.shard_id, round_idx=round_idx,
+            module_grad=flatten_grads(self.lib), proposal_grad=flatten_grads(self.proposer),
+            tasks=len(ids), loss_sum=float(sa.losses.sum()), grad_loss_sum=float(grad_losses.detach().sum()),
+            proposal_loss_sum=prop_sum, accepted=int(sa.accepted.sum()), worse=int(sa.worse.sum()),
+            worse_accepted=int((sa.worse & sa.accepted).sum()),
+            changed_ids=ids[changed].cpu().numpy(),
+            changed_structures=sa.structures[changed].to(torch.int8).cpu().numpy(),
+            confusion=confusion(sa.structures.cpu().numpy(), labels, cfg.model.edge_modules),
+            seconds=time.perf_counter() - t0,
+        )

@@ -1,0 +1,221 @@
+"""`run(config, ...)`: the BounceGrad round loop, readable top to bottom.
+
+Each round: sample a meta-batch (a pure function of seed and round), send the weights to the
+shards, gather their reports, let the server pool and step, mirror the changed structures, move
+the temperature. Components own their cadence: the evaluator decides when to evaluate, the
+checkpointer when to save. Everything random is keyed by (seed, task, round), so a run resumed
+from a checkpoint continues exactly as if it had never stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+import yaml
+from tqdm import tqdm
+
+from . import checkpoint, rng
+from .annealing import TemperatureState, initial_state, next_temperature
+from .config import Config
+from .data import Dataset, Normalization
+from .distributed import LocalBackend
+from .errors import NriRayError
+from .infer import infer_structures, prediction_mse
+from .io import atomic_write_text
+from .metrics import edge_accuracy, matched_accuracy
+from .server import ParameterServer
+from .shard import resolve_device, split_windows
+
+# Fields that may differ between a run and its resume (they change no result).
+RESUMABLE_CHANGES = {("train", "rounds"), ("train", "eval_every"), ("train", "checkpoint_every"),
+                     ("train", "eval_tasks"), ("train", "eval_sa_steps"), ("train", "device"), ("train", "threads")}
+
+
+class TrainingError(NriRayError):
+    """Training cannot go on (e.g. a NaN loss); the last good checkpoint is kept."""
+
+
+class Result(NamedTuple):
+    run_dir: Path
+    summary: dict
+
+
+def sample_batch(seed: int, round_idx: int, num_tasks: int, batch_size: int) -> np.ndarray:
+    """The round's meta-batch: `batch_size` distinct task ids, a pure function of (seed, round)."""
+    keys = rng.uniform(seed, torch.zeros(1, dtype=torch.int64), round_idx, rng.BATCH, num_tasks)[0]
+    return np.sort(torch.argsort(keys)[: min(batch_size, num_tasks)].numpy())
+
+
+class Evaluator:
+    """Meta-valid evaluation every `eval_every` rounds (and at the last round)."""
+
+    def __init__(self, cfg: Config, data: Dataset, device: torch.device, in_frames: int):
+        t = cfg.train
+        count = data.num_tasks("valid") if t.eval_tasks == 0 else min(t.eval_tasks, data.num_tasks("valid"))
+        part = data.read("valid", 0, count)
+        self.trajectories = torch.as_tensor(part.trajectories, device=device)
+        self.task_ids, self.labels = torch.as_tensor(part.task_ids, device=device), part.labels
+        self.cfg, self.in_frames = cfg, in_frames
+
+    def due(self, round_idx: int, last: bool) -> bool:
+        return (round_idx + 1) % self.cfg.train.eval_every == 0 or last
+
+    def __call__(self, server: ParameterServer) -> dict:
+        cfg = self.cfg
+        sa_frames = min(cfg.train.sa_frames, self.trajectories.shape[1])
+        inf = infer_structures(server.lib, server.proposer, self.trajectories, self.task_ids, sa_frames=sa_frames,
+                               rollout_steps=cfg.model.rollout, steps=cfg.train.eval_sa_steps,
+                               epsilon=cfg.proposal.epsilon, temperature=0.0, seed=cfg.train.seed)
+        k = cfg.model.edge_modules
+        start = max(0, self.trajectories.shape[1] - 21)  # the last 20 frames of the window
+        mse = prediction_mse(server.lib, self.trajectories, inf.structures, start)
+        return {"valid_edge_accuracy": edge_accuracy(inf.structures.cpu().numpy(), self.labels, k),
+                "valid_proposal_accuracy": edge_accuracy(inf.proposal_structures.cpu().numpy(), self.labels, k),
+                "valid_loss": float(inf.losses.mean()),
+                "valid_mse": {h: v for h, v in mse.items()}}
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per evaluation; on resume, lines past the checkpoint go."""
+
+    def __init__(self, path: Path, resume_round: int | None):
+        self.path = path
+        lines = path.read_text().splitlines() if (resume_round is not None and path.exists()) else []
+        self.rows = [json.loads(x) for x in lines if json.loads(x)["round"] <= (resume_round or 0)]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def log(self, row: dict) -> None:
+        self.rows.append(row)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, every: int):
+        self.run_dir, self.every = run_dir, every
+
+    def maybe_save(self, round_idx: int, last: bool, state: Callable[[], dict]) -> None:
+        if (round_idx + 1) % self.every == 0 or last:
+            checkpoint.save(self.run_dir, state())
+
+
+def check_resume_config(saved: dict, cfg: Config, run_dir: Path) -> None:
+    new = cfg.to_dict()
+    diffs = [f"{s}.{k}: checkpoint {saved[s].get(k)!r}, now {v!r}" for s, fields in new.items()
+             for k, v in fields.items() if saved.get(s, {}).get(k) != v and (s, k) not in RESUMABLE_CHANGES]
+    if diffs:
+        raise NriRayError(f"--resume {run_dir}: config differs from the run's: " + "; ".join(diffs))
+
+
+def _round_stats(reports) -> dict:
+    tasks = sum(r.tasks for r in reports)
+    worse = sum(r.worse for r in reports)
+    conf = sum(r.confusion for r in reports)
+    return {"loss": sum(r.loss_sum for r in reports) / tasks, "grad_loss": sum(r.grad_loss_sum for r in reports) / tasks,
+            "proposal_loss": sum(r.proposal_loss_sum for r in reports) / tasks,
+            "accept_rate": sum(r.accepted for r in reports) / tasks,
+            "worse_accept_rate": (sum(r.worse_accepted for r in reports) / worse) if worse else 0.0,
+            "worse": worse, "worse_accepted": sum(r.worse_accepted for r in reports),
+            "batch_edge_accuracy": matched_accuracy(conf), "shard_seconds": max(r.seconds for r in reports)}
+
+
+def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False,
+        report: Callable[[dict], None] | None = None, progress: bool = True, backend=None) -> Result:
+    """Train (or resume) a run. `report(metrics)` is called at every evaluation."""
+    run_dir, data = Path(run_dir), Dataset(data_dir)
+    torch.manual_seed(cfg.train.seed)  # nothing should draw from it; belt and braces
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    state = checkpoint.load(run_dir) if resume else None
+    if state is not None:
+        check_resume_config(state["config"], cfg, run_dir)
+        if state["meta"]["n_balls"] != data.n_balls:
+            raise NriRayError(f"--data {data_dir}: {data.n_balls} balls, the checkpoint was trained on "
+                              f"{state['meta']['n_balls']}")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise NriRayError(f"--out {run_dir}: already exists and is not empty; use --resume {run_dir} or another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    device = resolve_device(cfg.train.device)
+    num_tasks = data.num_tasks("train")
+    frames = data.frames("train")
+    if cfg.train.grad_split == "heldout" and frames - cfg.train.heldout_frames < 2:
+        raise NriRayError(f"train.heldout_frames: {cfg.train.heldout_frames} leaves fewer than 2 of {frames} frames for SA")
+    in_frames = split_windows(torch.zeros(1, frames, 1, 1), cfg.train.grad_split, cfg.train.heldout_frames)[0].shape[1]
+    meta = {"n_balls": data.n_balls, "dims": 4, "in_frames": in_frames, "num_tasks": num_tasks,
+            "simulator": data.sim, "normalization": data.normalization._asdict(), "data_dir": str(Path(data_dir).resolve())}
+    server = ParameterServer(cfg, 4, in_frames)
+    server.lib.to(device)
+    server.proposer.to(device)
+    backend = backend or LocalBackend(cfg, data_dir, num_tasks)
+    temp, start_round, wall_before = initial_state(cfg.anneal.t0), 0, 0.0
+    if state is not None:
+        server.load_state_dict(state)
+        backend.set_structures(state["structures"].numpy())
+        temp = TemperatureState(*state["temperature"])
+        start_round, wall_before = int(state["round"]) + 1, float(state.get("wall_seconds", 0.0))
+    mirror = backend.structures()  # [tasks, edges] int8: the driver's copy of every structure
+    evaluator = Evaluator(cfg, data, device, in_frames)
+    log = MetricsLog(run_dir / "metrics.jsonl", start_round - 1 if state is not None else None)
+    checkpointer = Checkpointer(run_dir, cfg.train.checkpoint_every)
+    rounds, t_start = cfg.train.rounds, time.perf_counter()
+    bar = tqdm(range(start_round, rounds), initial=start_round, total=rounds, disable=not progress, desc="bouncegrad",
+               mininterval=1.0)
+    stats, last_eval = {}, {}
+    for round_idx in bar:
+        last = round_idx == rounds - 1
+        batch = sample_batch(cfg.train.seed, round_idx, num_tasks, cfg.train.meta_batch_size)
+        weights = server.weights()
+        reports = backend.step_all(weights, round_idx, batch, temp.temperature)
+        stats = _round_stats(reports)
+        if not all(math.isfinite(stats[k]) for k in ("loss", "grad_loss", "proposal_loss")):
+            raise TrainingError(f"round {round_idx}: non-finite loss ({stats['grad_loss']}); stopped; the last good "
+                                f"checkpoint in {run_dir} is kept (lower --lr?)")
+        server.apply(reports)
+        for r in reports:
+            mirror[r.changed_ids] = r.changed_structures
+        stats["temperature"] = temp.temperature
+        temp = next_temperature(temp, round_idx, stats["worse"], stats["worse_accepted"], cfg.anneal)
+        if evaluator.due(round_idx, last):
+            last_eval = evaluator(server)
+            if (round_idx + 1) % cfg.train.eval_every == 0:
+                server.observe(last_eval["valid_loss"])  # only on the regular cadence: resume stays exact
+            row = {"round": round_idx + 1, **{k: v for k, v in stats.items() if k not in ("worse", "worse_accepted")},
+                   **last_eval, "lr": server.opt_modules.param_groups[0]["lr"],
+                   "wall_seconds": wall_before + time.perf_counter() - t_start}
+            log.log(row)
+            if report:
+                report(row)
+        bar.set_postfix(loss=f"{stats['loss']:.2e}", acc_rate=f"{stats['accept_rate']:.2f}",
+                        edge_acc=f"{last_eval.get('valid_edge_accuracy', float('nan')):.3f}", refresh=False)
+        checkpointer.maybe_save(round_idx, last, lambda: {
+            **server.state_dict(), "round": round_idx, "config": cfg.to_dict(), "meta": meta,
+            "structures": torch.as_tensor(mirror), "temperature": list(temp),
+            "wall_seconds": wall_before + time.perf_counter() - t_start})
+    bar.close()
+    backend.close()
+    summary = {"final_round": rounds, "train_loss": stats.get("grad_loss"), **last_eval,
+               "wall_seconds": wall_before + time.perf_counter() - t_start}
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return Result(run_dir, summary)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu"):
+    """Modules, proposal network, config and meta of a trained run (for evaluation)."""
+    from .config import Config as _Config
+
+    state = checkpoint.load(Path(run_dir))
+    cfg = _Config.from_dict(state["config"])
+    server = ParameterServer(cfg, state["meta"]["dims"], state["meta"]["in_frames"])
+    server.lib.load_state_dict(state["modules"])
+    server.proposer.load_state_dict(state["proposal"])
+    dev = resolve_device(device)
+    server.lib.to(dev).eval()
+    server.proposer.to(dev).eval()
+    return server, cfg, state["meta"], Normalization(**state["meta"]["normalization"])
