@@ -4,6 +4,8 @@
     nri-ray data import-nri  read the original NRI .npy files into a dataset directory
     nri-ray data export-nri  write a dataset back as the original NRI .npy files
     nri-ray data info        counts, shapes, label balance, normalization constants
+    nri-ray train            BounceGrad meta-training (or --resume RUN_DIR)
+    nri-ray evaluate         meta-test inference with a trained run's frozen modules
     nri-ray quickstart       the README's main job on its embedded defaults
 
 User errors (bad flags, files, values) print one line naming what is wrong and exit with 2.
@@ -86,9 +88,68 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_metrics(row: dict) -> None:
+    mse = row.get("valid_mse", {})
+    print(f"round {row['round']:6d}  loss {row['grad_loss']:.3e}  accept {row['accept_rate']:.2f}  "
+          f"T {row['temperature']:.2e}  valid edge acc {row['valid_edge_accuracy']:.4f}  "
+          f"proposal acc {row['valid_proposal_accuracy']:.4f}  mse@1 {mse.get('1', float('nan')):.2e}  "
+          f"{row['wall_seconds']:.0f} s", flush=True)
+
+
+def _train_config(args: argparse.Namespace, saved: dict | None) -> C.Config:
+    base = saved if saved is not None else C.preset(args.preset)
+    if args.config:
+        base = C.merge(base, C.load_file(args.config))
+    return C.config_from_flags(args, base)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import checkpoint, plots
+    from .train import run
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        state = checkpoint.load(run_dir)
+        cfg = _train_config(args, state["config"])
+        data = args.data or state["meta"]["data_dir"]
+    else:
+        if not args.data or not args.out:
+            raise NriRayError("train: --data and --out are required (or --resume RUN_DIR)")
+        cfg, run_dir, data = _train_config(args, None), Path(args.out), args.data
+    result = run(cfg, data, run_dir, resume=bool(args.resume), report=None if args.quiet else _print_metrics,
+                 progress=not args.quiet)
+    plots.training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training.png")
+    print(json.dumps(result.summary, indent=2))
+    return 0
+
+
+def _print_eval(result: dict) -> None:
+    mse = result["mse"]
+    print(f"{result['split']} ({result['tasks']} tasks, {result['sa_steps']} SA steps, {result['seconds']:.1f} s)")
+    print(f"  edge accuracy (SA)        {result['edge_accuracy']:.4f}")
+    print(f"  edge accuracy (proposal)  {result['proposal_accuracy']:.4f}")
+    for h in ("1", "10", "20"):
+        if h in mse:
+            print(f"  MSE @ {h:>2s} steps            {mse[h]:.3e}   (from frame {result['mse_start_frame']})")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    result = evaluate(args.run, args.data, args.split, args.sa_steps, args.tasks, args.device)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_eval(result)
+    return 0
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    """Generate the small springs5 dataset if absent and describe it."""
+    """Generate the small springs5 dataset if absent, train the small preset, evaluate on test."""
+    from . import plots
     from .datagen import generate
+    from .evaluate import evaluate
+    from .train import run
 
     data = Path(args.data)
     if not (data / "meta.json").exists():
@@ -96,7 +157,18 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         generate(cfg, data, overwrite=False)
         print(f"generated {data} in {time.perf_counter() - start:.1f} s")
-    return _cmd_info(argparse.Namespace(dataset=str(data), json=False))
+    _cmd_info(argparse.Namespace(dataset=str(data), json=False))
+    run_dir = Path(args.runs) / time.strftime("quickstart-%Y%m%d-%H%M%S")
+    cfg = C.Config.from_dict(C.merge(C.preset("small"), {"train": {"seed": args.seed}}))
+    print(f"training the small preset into {run_dir} ({cfg.train.rounds} rounds, local, CPU)")
+    start = time.perf_counter()
+    run(cfg, data, run_dir, report=_print_metrics, progress=False)
+    plots.training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training.png")
+    print(f"trained in {time.perf_counter() - start:.0f} s")
+    result = evaluate(run_dir, data, "test", device="cpu")
+    _print_eval(result)
+    print(f"run directory: {run_dir} (metrics.jsonl, checkpoint.pt, summary.json, eval_test.json, plots/)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,8 +205,30 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=_cmd_info)
 
+    train = sub.add_parser("train", help="BounceGrad meta-training", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--data", help="dataset directory (on --resume: defaults to the run's)")
+    train.add_argument("--out", help="run directory to create")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    train.add_argument("--preset", default="small", choices=("small", "paper"),
+                       help="small: CPU-sized; paper: the published architecture and hyper-parameters")
+    train.add_argument("--config", help="YAML or JSON with sections model/proposal/anneal/train (flags override)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
+    C.add_config_flags(train)
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("evaluate", help="meta-test inference with a trained run's frozen modules")
+    ev.add_argument("run", help="run directory")
+    ev.add_argument("--data", required=True, help="dataset directory (normalized with the run's constants)")
+    ev.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    ev.add_argument("--sa-steps", type=int, help="SA steps per task (default: the run's eval_sa_steps)")
+    ev.add_argument("--tasks", type=int, default=0, help="evaluate only the first N tasks (0 = all)")
+    ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(func=_cmd_evaluate)
+
     quick = sub.add_parser("quickstart", help="the README's main job on its embedded defaults")
     quick.add_argument("--data", default=str(QUICKSTART_DATA), help="dataset directory (generated if absent)")
+    quick.add_argument("--runs", default="runs", help="where the run directory is created")
     quick.add_argument("--seed", type=int, default=42, help="random seed")
     quick.set_defaults(func=_cmd_quickstart)
     return parser

@@ -267,6 +267,8 @@ class ModelConfig(Section):
                              check=_widths)
     node_hidden: str = param("256,256,256", "node MLP hidden widths (input message+dims, output dims)", check=_widths)
     rollout: int = param(10, "rollout steps from each ground-truth anchor frame", check=at_least(1))
+    init_spread: float = param(1.0, "edge module k's output layer starts scaled by init_spread ** k "
+                                    "(1 = plain init; < 1 breaks the symmetry between modules)", check=positive)
 
     @property
     def edge_widths(self) -> list[int]:
@@ -319,6 +321,7 @@ class TrainConfig(Section):
 
     rounds: int = param(2000, "BounceGrad rounds (one gradient step each)", check=at_least(0))
     meta_batch_size: int = param(128, "B, tasks per round", check=at_least(1))
+    sa_steps: int = param(1, "SA proposals per task per round (the authors: 1)", check=at_least(1))
     lr: float = param(1e-2, "Adam learning rate of the modules (published: 1e-2 springs, 1e-4 charged)",
                       check=positive)
     plateau_patience: int = param(0, "halve the module lr after this many evaluations without improvement "

@@ -83,13 +83,20 @@ class ModuleLibrary(nn.Module):
     """
 
     def __init__(self, num_edge_modules: int, dims: int, edge_hidden: list[int], node_hidden: list[int],
-                 seed: int, edge_final: str = "relu"):
+                 seed: int, edge_final: str = "relu", init_spread: float = 1.0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.dims = dims
         self.message_size = edge_hidden[-1]
         self.edges = EdgeModules(num_edge_modules, [2 * dims] + list(edge_hidden), edge_final, g)
         self.node = MLP([self.message_size + dims] + list(node_hidden) + [dims], "none", g)
+        with torch.no_grad():
+            # Module k's output layer starts scaled by init_spread ** k: modules that start apart
+            # let SA's assignments and the gradient pull them to different roles at once, instead
+            # of all modules first learning the same averaged edge function.
+            scale = init_spread ** torch.arange(num_edge_modules, dtype=torch.float32)
+            self.edges.weights[-1].mul_(scale.view(-1, 1, 1))
+            self.edges.biases[-1].mul_(scale.view(-1, 1))
 
     @property
     def num_edge_modules(self) -> int:

@@ -61,3 +61,4 @@ def randint(seed: int, task_ids: torch.Tensor, round_idx: int, stream: int, coun
 
 # Stream ids: one per kind of draw, so that draws never share counters.
 INIT, NODE, EDGES, ACCEPT, UNIFORM_EDGE, UNIFORM_MODULE, BATCH = range(1, 8)
+STEP_STRIDE = 1000  # SA step s of a round uses stream + s * STEP_STRIDE

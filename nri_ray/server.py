@@ -64,7 +64,7 @@ class Weights(NamedTuple):
 def build_models(cfg: Config, dims: int, in_frames: int) -> tuple[ModuleLibrary, ProposalNet]:
     """Module library and proposal network, initialized from the run's seed."""
     lib = ModuleLibrary(cfg.model.edge_modules, dims, cfg.model.edge_widths, cfg.model.node_widths,
-                        seed=cfg.train.seed)
+                        seed=cfg.train.seed, init_spread=cfg.model.init_spread)
     proposer = ProposalNet(in_frames, dims, cfg.proposal.proposal_hidden, cfg.model.edge_modules,
                            seed=cfg.train.seed + 1)
     return lib, proposer

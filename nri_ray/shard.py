@@ -43,6 +43,7 @@ class ShardReport(NamedTuple):
     loss_sum: float  # SA loss of the chosen structures
     grad_loss_sum: float  # loss the gradient was taken of
     proposal_loss_sum: float
+    proposals: int  # tasks * SA steps
     accepted: int
     worse: int  # proposals strictly worse than the current structure
     worse_accepted: int
@@ -107,13 +108,14 @@ class ShardWorker:
         idx = torch.as_tensor(task_ids, device=self.device) - self.start
         self.structures[idx] = torch.as_tensor(structures, dtype=torch.int8, device=self.device)
 
-    def _propose(self, probs, current, ids, round_idx):
-        k = self.cfg.model.edge_modules
+    def _propose(self, probs, current, ids, round_idx, step):
+        k, seed = self.cfg.model.edge_modules, self.cfg.train.seed
+        shift = rng.STEP_STRIDE * step  # each SA step of a round draws from its own streams
         if self.cfg.proposal.proposal == "uniform":
-            u = rng.uniform(self.cfg.train.seed, ids, round_idx, rng.UNIFORM_EDGE, 2)
+            u = rng.uniform(seed, ids, round_idx, rng.UNIFORM_EDGE + shift, 2)
             return propose_uniform(current, k, u[:, 0], u[:, 1])
-        node_u = rng.uniform(self.cfg.train.seed, ids, round_idx, rng.NODE, 1)[:, 0]
-        edge_u = rng.uniform(self.cfg.train.seed, ids, round_idx, rng.EDGES, self.n_edges)
+        node_u = rng.uniform(seed, ids, round_idx, rng.NODE + shift, 1)[:, 0]
+        edge_u = rng.uniform(seed, ids, round_idx, rng.EDGES + shift, self.n_edges)
         return propose_learned(probs, current, self.cfg.proposal.epsilon, node_u, edge_u)
 
     def step(self, weights: Weights, round_idx: int, task_ids, temperature: float) -> ShardReport:
@@ -128,35 +130,43 @@ class ShardWorker:
         current = self.structures[idx].long()  # [tasks, edges]
         with torch.no_grad():
             probs = torch.softmax(self.proposer(sa_traj), dim=-1) if cfg.proposal.proposal == "learned" else None
-            proposed = self._propose(probs, current, ids, round_idx)
-            # Current and proposed structures of every task in one batched pass.
-            both = anchored_losses(self.lib, torch.cat([sa_traj, sa_traj]), torch.cat([current, proposed]),
-                                   cfg.model.rollout)  # [2 * tasks]
-            loss_cur, loss_prop = both.chunk(2)
-            accept_u = rng.uniform(cfg.train.seed, ids, round_idx, rng.ACCEPT, 1)[:, 0]
-            sa = anneal_step(current, loss_cur, proposed, loss_prop, temperature, accept_u)
-        self.structures[idx] = sa.structures.to(torch.int8)
+            accepted = worse = worse_accepted = 0
+            chosen, chosen_loss = current, None
+            for step in range(cfg.train.sa_steps):
+                proposed = self._propose(probs, chosen, ids, round_idx, step)
+                if chosen_loss is None:  # current and proposed structures of every task in one batched pass
+                    both = anchored_losses(self.lib, torch.cat([sa_traj, sa_traj]), torch.cat([chosen, proposed]),
+                                           cfg.model.rollout)  # [2 * tasks]
+                    chosen_loss, loss_prop = both.chunk(2)
+                else:  # the weights are fixed within a round, so the current loss is known
+                    loss_prop = anchored_losses(self.lib, sa_traj, proposed, cfg.model.rollout)
+                accept_u = rng.uniform(cfg.train.seed, ids, round_idx, rng.ACCEPT + rng.STEP_STRIDE * step, 1)[:, 0]
+                sa = anneal_step(chosen, chosen_loss, proposed, loss_prop, temperature, accept_u)
+                chosen, chosen_loss = sa.structures, sa.losses
+                accepted += int(sa.accepted.sum())
+                worse += int(sa.worse.sum())
+                worse_accepted += int((sa.worse & sa.accepted).sum())
+        self.structures[idx] = chosen.to(torch.int8)
         # The gradient pass, once, on the chosen structures only.
         self.lib.zero_grad(set_to_none=True)
-        grad_losses = anchored_losses(self.lib, grad_traj, sa.structures, cfg.model.rollout)
+        grad_losses = anchored_losses(self.lib, grad_traj, chosen, cfg.model.rollout)
         grad_losses.sum().backward()
         self.proposer.zero_grad(set_to_none=True)
         if cfg.proposal.proposal == "learned":
-            prop_losses = proposal_loss(self.proposer(sa_traj), sa.structures)
+            prop_losses = proposal_loss(self.proposer(sa_traj), chosen)
             prop_losses.sum().backward()
             prop_sum = float(prop_losses.detach().sum())
         else:
             prop_sum = 0.0
-        changed = (sa.structures != current).any(dim=1)
+        changed = (chosen != current).any(dim=1)
         labels = self.labels[idx.cpu().numpy()]
         return ShardReport(
             shard_id=self.shard_id, round_idx=round_idx,
             module_grad=flatten_grads(self.lib), proposal_grad=flatten_grads(self.proposer),
-            tasks=len(ids), loss_sum=float(sa.losses.sum()), grad_loss_sum=float(grad_losses.detach().sum()),
-            proposal_loss_sum=prop_sum, accepted=int(sa.accepted.sum()), worse=int(sa.worse.sum()),
-            worse_accepted=int((sa.worse & sa.accepted).sum()),
+            tasks=len(ids), loss_sum=float(chosen_loss.sum()), grad_loss_sum=float(grad_losses.detach().sum()),
+            proposal_loss_sum=prop_sum, proposals=len(ids) * cfg.train.sa_steps, accepted=accepted, worse=worse, worse_accepted=worse_accepted,
             changed_ids=ids[changed].cpu().numpy(),
-            changed_structures=sa.structures[changed].to(torch.int8).cpu().numpy(),
-            confusion=confusion(sa.structures.cpu().numpy(), labels, cfg.model.edge_modules),
+            changed_structures=chosen[changed].to(torch.int8).cpu().numpy(),
+            confusion=confusion(chosen.cpu().numpy(), labels, cfg.model.edge_modules),
             seconds=time.perf_counter() - t0,
         )

@@ -118,7 +118,7 @@ def _round_stats(reports) -> dict:
     conf = sum(r.confusion for r in reports)
     return {"loss": sum(r.loss_sum for r in reports) / tasks, "grad_loss": sum(r.grad_loss_sum for r in reports) / tasks,
             "proposal_loss": sum(r.proposal_loss_sum for r in reports) / tasks,
-            "accept_rate": sum(r.accepted for r in reports) / tasks,
+            "accept_rate": sum(r.accepted for r in reports) / sum(r.proposals for r in reports),
             "worse_accept_rate": (sum(r.worse_accepted for r in reports) / worse) if worse else 0.0,
             "worse": worse, "worse_accepted": sum(r.worse_accepted for r in reports),
             "batch_edge_accuracy": matched_accuracy(conf), "shard_seconds": max(r.seconds for r in reports)}
@@ -162,7 +162,7 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
         start_round, wall_before = int(state["round"]) + 1, float(state.get("wall_seconds", 0.0))
     mirror = backend.structures()  # [tasks, edges] int8: the driver's copy of every structure
     evaluator = Evaluator(cfg, data, device, in_frames)
-    log = MetricsLog(run_dir / "metrics.jsonl", start_round - 1 if state is not None else None)
+    log = MetricsLog(run_dir / "metrics.jsonl", start_round if state is not None else None)  # rounds done
     checkpointer = Checkpointer(run_dir, cfg.train.checkpoint_every)
     rounds, t_start = cfg.train.rounds, time.perf_counter()
     bar = tqdm(range(start_round, rounds), initial=start_round, total=rounds, disable=not progress, desc="bouncegrad",

@@ -1,0 +1,88 @@
+"""PNG plots of a run: training curves, one system's true vs predicted trajectories, graphs.
+
+Uses matplotlib's Agg backend (no display needed). Every figure is written atomically.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_write_bytes
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def _figure(*args, **kwargs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def training_curves(metrics_path: Path, out: Path) -> Path | None:
+    """Loss, accuracies, acceptance and temperature against rounds, from metrics.jsonl."""
+    rows = [json.loads(x) for x in Path(metrics_path).read_text().splitlines() if x.strip()]
+    if not rows:
+        return None
+    r = [row["round"] for row in rows]
+    fig, axes = _figure(2, 2, figsize=(10, 7))
+    axes[0, 0].semilogy(r, [row["grad_loss"] for row in rows], label="train loss (batch)")
+    axes[0, 0].semilogy(r, [row["valid_loss"] for row in rows], label="meta-valid SA loss")
+    axes[0, 1].plot(r, [row["valid_edge_accuracy"] for row in rows], label="meta-valid edge accuracy (SA)")
+    axes[0, 1].plot(r, [row["valid_proposal_accuracy"] for row in rows], label="meta-valid proposal accuracy")
+    axes[0, 1].plot(r, [row["batch_edge_accuracy"] for row in rows], label="meta-train structures")
+    axes[1, 0].plot(r, [row["accept_rate"] for row in rows], label="all proposals")
+    axes[1, 0].plot(r, [row["worse_accept_rate"] for row in rows], label="worse proposals")
+    axes[1, 1].semilogy(r, [max(row["temperature"], 1e-30) for row in rows], label="temperature")
+    titles = ["loss", "edge accuracy", "acceptance rate", "temperature"]
+    for ax, title in zip(axes.flat, titles):
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def trajectory(true: np.ndarray, pred: np.ndarray, out: Path, title: str = "") -> Path:
+    """Positions of one system: observed frames, then true vs predicted future.
+
+    Args:
+        true: `[time, nodes, dims]` ground truth (observed + future); pred: `[steps, nodes, dims]`,
+            the predicted last `steps` frames.
+    """
+    fig, ax = _figure(figsize=(6, 6))
+    steps = pred.shape[0]
+    for node in range(true.shape[1]):
+        color = f"C{node}"
+        ax.plot(true[:-steps, node, 0], true[:-steps, node, 1], color=color, alpha=0.3)
+        ax.plot(true[-steps - 1:, node, 0], true[-steps - 1:, node, 1], color=color, label=f"true {node}" if node == 0 else None)
+        ax.plot(pred[:, node, 0], pred[:, node, 1], "--", color=color, label="predicted" if node == 0 else None)
+    ax.set_title(title or "true (solid) vs predicted (dashed) positions")
+    ax.set_aspect("equal")
+    ax.legend(fontsize=8)
+    return _save(fig, out)
+
+
+def graphs(true_edges: np.ndarray, inferred_edges: np.ndarray, n_nodes: int, out: Path) -> Path:
+    """True relation labels vs inferred modules of one system, as n x n matrices."""
+    from .graph import edges_to_matrix
+
+    fig, axes = _figure(1, 2, figsize=(8, 4))
+    for ax, edges, title in ((axes[0], true_edges, "true relations"), (axes[1], inferred_edges, "inferred modules")):
+        ax.imshow(edges_to_matrix(np.asarray(edges, np.float64), n_nodes, np.nan), cmap="viridis")
+        ax.set_title(title)
+        ax.set_xlabel("receiver")
+        ax.set_ylabel("sender")
+    return _save(fig, out)

@@ -1,0 +1,110 @@
+"""ShardWorker, ParameterServer and the round loop: pooling, shard-count independence, exact resume."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nri_ray import config as C
+from nri_ray.distributed import LocalBackend, route, shard_ranges
+from nri_ray.server import ParameterServer, flatten_params, pool_gradients
+from nri_ray.shard import ShardWorker
+from nri_ray.train import run, sample_batch
+
+TINY = {"model": {"edge_hidden": "16,16", "node_hidden": "16", "rollout": 4, "init_spread": 0.1},
+        "proposal": {"proposal_hidden": 16},
+        "anneal": {"schedule": "adaptive", "t0": 1e-3},
+        "train": {"rounds": 6, "meta_batch_size": 10, "lr": 3e-3, "eval_every": 3, "eval_tasks": 8,
+                  "eval_sa_steps": 2, "checkpoint_every": 3, "sa_steps": 2, "seed": 5}}
+
+
+def tiny(**train):
+    return C.Config.from_dict(C.merge(TINY, {"train": train}))
+
+
+def test_shard_ranges_and_routing():
+    assert shard_ranges(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    parts = route(np.array([9, 0, 4, 3, 7]), shard_ranges(10, 3))
+    assert [p.tolist() for p in parts] == [[0], [3, 4], [7, 9]]
+
+
+def test_batches_are_a_pure_function_of_seed_and_round():
+    a = sample_batch(1, 7, 100, 10)
+    assert len(set(a.tolist())) == 10 and a.max() < 100
+    np.testing.assert_array_equal(a, sample_batch(1, 7, 100, 10))
+    assert not np.array_equal(a, sample_batch(1, 8, 100, 10))
+
+
+def test_report_shapes(tiny_dataset):
+    cfg = tiny()
+    shard = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
+    server = ParameterServer(cfg, 4, 9)
+    report = shard.step(server.weights(), 0, np.arange(0, 24, 3), 1e-3)
+    assert report.tasks == 8 and report.proposals == 16
+    assert report.module_grad.shape == flatten_params(server.lib).shape and report.module_grad.dtype == np.float32
+    assert report.proposal_grad.shape == flatten_params(server.proposer).shape
+    assert report.confusion.shape == (2, 2) and report.confusion.sum() == 8 * 20
+    assert report.changed_structures.shape == (len(report.changed_ids), 20)
+    assert 0 <= report.worse_accepted <= report.worse <= 16
+
+
+def test_pooled_gradients_of_three_shards_equal_the_single_process_gradient(tiny_dataset):
+    cfg = tiny()
+    server = ParameterServer(cfg, 4, 9)
+    weights = server.weights()
+    one = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
+    three = [ShardWorker(i, tiny_dataset, a, b, cfg, "cpu") for i, (a, b) in enumerate(shard_ranges(24, 3))]
+    batch = sample_batch(0, 0, 24, 12)
+    whole = one.step(weights, 0, batch, 1e-3)
+    parts = [s.step(weights, 0, ids, 1e-3) for s, ids in zip(three, route(batch, shard_ranges(24, 3))) if len(ids)]
+    single = pool_gradients([whole.module_grad], [whole.tasks])
+    pooled = pool_gradients([p.module_grad for p in parts], [p.tasks for p in parts])
+    np.testing.assert_allclose(pooled, single, rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(pool_gradients([p.proposal_grad for p in parts], [p.tasks for p in parts]),
+                               pool_gradients([whole.proposal_grad], [whole.tasks]), rtol=1e-4, atol=1e-7)
+    # The same decisions, task by task.
+    assert sum(p.accepted for p in parts) == whole.accepted
+    structures = np.concatenate([s.get_structures()[1] for s in three])
+    np.testing.assert_array_equal(structures, one.get_structures()[1])
+
+
+def test_one_and_three_shards_give_the_same_run(tmp_path, tiny_dataset):
+    a = run(tiny(num_shards=1), tiny_dataset, tmp_path / "a", progress=False)
+    b = run(tiny(num_shards=3), tiny_dataset, tmp_path / "b", progress=False)
+    sa, sb = (torch.load(tmp_path / x / "checkpoint.pt", weights_only=True) for x in "ab")
+    # Decisions are identical; weights differ only by float summation order of the pooled sum.
+    torch.testing.assert_close(sa["structures"], sb["structures"], rtol=0, atol=0)
+    for name, tensor in sa["modules"].items():
+        torch.testing.assert_close(sb["modules"][name], tensor, rtol=1e-4, atol=1e-6)
+    assert a.summary["valid_edge_accuracy"] == pytest.approx(b.summary["valid_edge_accuracy"])
+
+
+def test_resume_is_exact(tmp_path, tiny_dataset):
+    run(tiny(rounds=6), tiny_dataset, tmp_path / "whole", progress=False)
+    run(tiny(rounds=4), tiny_dataset, tmp_path / "split", progress=False)  # round 4 is not on the cadence
+    run(tiny(rounds=6), None or tiny_dataset, tmp_path / "split", resume=True, progress=False)
+    whole, split = (torch.load(tmp_path / x / "checkpoint.pt", weights_only=True) for x in ("whole", "split"))
+    assert whole["round"] == split["round"] == 5
+    torch.testing.assert_close(split["structures"], whole["structures"], rtol=0, atol=0)
+    for part in ("modules", "proposal"):
+        for name, tensor in whole[part].items():
+            torch.testing.assert_close(split[part][name], tensor, rtol=0, atol=0)
+    assert split["temperature"] == whole["temperature"]
+    rows = [json.loads(x) for x in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [3, 4, 6]
+
+
+def test_run_outputs(tmp_path, tiny_dataset):
+    result = run(tiny(), tiny_dataset, tmp_path / "r", progress=False)
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json"):
+        assert (tmp_path / "r" / name).exists(), name
+    assert set(result.summary) >= {"final_round", "train_loss", "valid_edge_accuracy", "valid_mse", "wall_seconds"}
+    assert C.Config.from_dict(C.load_file(tmp_path / "r" / "config.yaml")) == tiny()
+
+
+def test_backend_structures_round_trip(tiny_dataset):
+    backend = LocalBackend(tiny(num_shards=2), tiny_dataset, 24)
+    s = backend.structures()
+    assert s.shape == (24, 20) and s.dtype == np.int8
+    backend.set_structures(1 - s)
+    np.testing.assert_array_equal(backend.structures(), 1 - s)
