@@ -249,7 +249,7 @@ class Dataset:
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{path}: cannot read rows [{start}, {stop}) ({e})") from None
         table = table.slice(start - (first or 0), stop - start)
-        ids = table.column("task_id").to_numpy()
+        ids = np.array(table.column("task_id").to_numpy())  # a writable copy
         traj = table.column("trajectory").combine_chunks().to_numpy_ndarray() if len(ids) else np.zeros(
             (0, self.frames(split), self.n_balls, DIMS))
         labels = table.column("labels").combine_chunks().flatten().to_numpy().reshape(len(ids), graph.num_edges(self.n_balls))

@@ -175,8 +175,11 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
         reports = backend.step_all(weights, round_idx, batch, temp.temperature)
         stats = _round_stats(reports)
         if not all(math.isfinite(stats[k]) for k in ("loss", "grad_loss", "proposal_loss")):
-            raise TrainingError(f"round {round_idx}: non-finite loss ({stats['grad_loss']}); stopped; the last good "
-                                f"checkpoint in {run_dir} is kept (lower --lr?)")
+            saved = (run_dir / checkpoint.LATEST).exists()
+            kept = (f"the last good checkpoint in {run_dir / checkpoint.LATEST} is kept" if saved
+                    else "no checkpoint had been written yet")
+            raise TrainingError(f"round {round_idx}: non-finite loss ({stats['grad_loss']}); stopped; {kept} "
+                                f"(a lower --lr may help)")
         server.apply(reports)
         for r in reports:
             mirror[r.changed_ids] = r.changed_structures

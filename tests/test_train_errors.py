@@ -1,0 +1,116 @@
+"""Training and evaluation refuse bad input clearly, exit 2 and overwrite nothing."""
+import shutil
+
+import pytest
+
+from nri_ray import config as C
+from nri_ray.cli import main
+from nri_ray.errors import ConfigError
+
+FLAGS = ["--edge-hidden", "16,16", "--node-hidden", "16", "--proposal-hidden", "16", "--rollout", "4",
+         "--meta-batch-size", "8", "--eval-every", "2", "--eval-tasks", "4", "--eval-sa-steps", "1",
+         "--checkpoint-every", "2", "--quiet"]
+
+
+def run_cli(argv, capsys):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_dataset):
+    out = tmp_path_factory.mktemp("runs") / "r"
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(out), "--rounds", "2", *FLAGS]) == 0
+    return out
+
+
+@pytest.mark.parametrize("section, values, message", [
+    ("model", {"edge_modules": 1}, "model.edge_modules: got 1, expected a value >= 2"),
+    ("train", {"meta_batch_size": 0}, "train.meta_batch_size: got 0, expected a value >= 1"),
+    ("anneal", {"t0": -1.0}, "anneal.t0: got -1.0, expected a value >= 0.0"),
+    ("proposal", {"epsilon": 1.5}, "proposal.epsilon: got 1.5, expected a value in [0.0, 1.0]"),
+])
+def test_invalid_training_config_values(section, values, message):
+    with pytest.raises(ConfigError) as exc:
+        C.Config.from_dict({section: values})
+    assert message in str(exc.value)
+
+
+def test_invalid_flag_on_the_command_line(tmp_path, capsys, tiny_dataset):
+    code, out = run_cli(["train", "--data", tiny_dataset, "--out", tmp_path / "x", "--edge-modules", 1, *FLAGS], capsys)
+    assert code == 2 and "model.edge_modules: got 1, expected a value >= 2" in out.err
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_run_directory_is_not_overwritten(trained, capsys, tiny_dataset):
+    before = (trained / "checkpoint.pt").read_bytes()
+    code, out = run_cli(["train", "--data", tiny_dataset, "--out", trained, "--rounds", 2, *FLAGS], capsys)
+    assert code == 2 and "already exists and is not empty; use --resume" in out.err
+    assert (trained / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_with_a_different_config_is_refused(trained, capsys):
+    before = (trained / "checkpoint.pt").read_bytes()
+    code, out = run_cli(["train", "--resume", trained, "--rounds", 4, "--lr", 0.5, *FLAGS], capsys)
+    assert code == 2 and "config differs from the run's: train.lr: checkpoint 0.003, now 0.5" in out.err
+    assert (trained / "checkpoint.pt").read_bytes() == before
+
+
+def test_missing_and_corrupt_checkpoint(trained, tmp_path, capsys, tiny_dataset):
+    code, out = run_cli(["evaluate", tmp_path, "--data", tiny_dataset], capsys)
+    assert code == 2 and "checkpoint.pt: missing checkpoint" in out.err
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    data = (broken / "checkpoint.pt").read_bytes()
+    (broken / "checkpoint.pt").write_bytes(data[: len(data) // 3])
+    code, out = run_cli(["evaluate", broken, "--data", tiny_dataset], capsys)
+    assert code == 2 and "checkpoint.pt: corrupt or unreadable checkpoint" in out.err
+    code, out = run_cli(["train", "--resume", broken, "--rounds", 4], capsys)
+    assert code == 2 and "corrupt or unreadable checkpoint" in out.err
+
+
+def test_dataset_with_other_n_balls_than_the_checkpoint(trained, tmp_path, capsys, tiny_cfg):
+    from nri_ray.datagen import generate
+
+    generate(tiny_cfg.replace(n_balls=3), tmp_path / "three", progress=False)
+    code, out = run_cli(["evaluate", trained, "--data", tmp_path / "three"], capsys)
+    assert code == 2 and "3 balls, the run" in out.err and "was trained on 5" in out.err
+    code, out = run_cli(["train", "--resume", trained, "--data", tmp_path / "three", "--rounds", 4, *FLAGS], capsys)
+    assert code == 2 and "3 balls, the checkpoint was trained on 5" in out.err
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, tiny_dataset, monkeypatch):
+    import torch
+
+    from nri_ray import shard
+
+    real_step = shard.ShardWorker.step
+
+    def poisoned(self, weights, round_idx, task_ids, temperature):
+        report = real_step(self, weights, round_idx, task_ids, temperature)
+        return report._replace(grad_loss_sum=float("nan")) if round_idx == 5 else report
+
+    monkeypatch.setattr(shard.ShardWorker, "step", poisoned)
+    out_dir = tmp_path / "nan"
+    code, out = run_cli(["train", "--data", tiny_dataset, "--out", out_dir, "--rounds", 10, *FLAGS], capsys)
+    assert code == 2 and "round 5: non-finite loss" in out.err and "last good checkpoint" in out.err
+    state = torch.load(out_dir / "checkpoint.pt", weights_only=True)
+    assert state["round"] == 3  # checkpoints every 2 rounds: rounds 1 and 3 were saved, 5 never
+    assert all(torch.isfinite(t).all() for t in state["modules"].values())
+
+
+def test_nan_before_any_checkpoint_says_so(tmp_path, capsys, tiny_dataset):
+    code, out = run_cli(["train", "--data", tiny_dataset, "--out", tmp_path / "n", "--rounds", 10, "--lr", 1e30,
+                         "--checkpoint-every", 50, *FLAGS[:-3], "--quiet"], capsys)
+    assert code == 2 and "non-finite loss" in out.err and "no checkpoint had been written yet" in out.err
+
+
+def test_evaluate_json(trained, capsys, tiny_dataset):
+    import json
+
+    code, out = run_cli(["evaluate", trained, "--data", tiny_dataset, "--split", "test", "--sa-steps", 2, "--json"], capsys)
+    assert code == 0
+    result = json.loads(out.out)
+    assert 0 <= result["edge_accuracy"] <= 1 and 0 <= result["proposal_accuracy"] <= 1
+    assert set(result["mse"]) >= {"1", "10"}
+    assert (trained / "eval_test.json").exists() and (trained / "plots" / "graph.png").exists()
