@@ -165,7 +165,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     run(cfg, data, run_dir, report=_print_metrics, progress=False)
     plots.training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training.png")
     print(f"trained in {time.perf_counter() - start:.0f} s")
-    result = evaluate(run_dir, data, "test", device="cpu")
+    result = evaluate(run_dir, data, "test", sa_steps=args.sa_steps, device="cpu")
     _print_eval(result)
     print(f"run directory: {run_dir} (metrics.jsonl, checkpoint.pt, summary.json, eval_test.json, plots/)")
     return 0
@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--data", default=str(QUICKSTART_DATA), help="dataset directory (generated if absent)")
     quick.add_argument("--runs", default="runs", help="where the run directory is created")
     quick.add_argument("--seed", type=int, default=42, help="random seed")
+    quick.add_argument("--sa-steps", type=int, default=100, help="SA steps per test task at meta-test time")
     quick.set_defaults(func=_cmd_quickstart)
     return parser
 

@@ -52,7 +52,7 @@ def test_existing_run_directory_is_not_overwritten(trained, capsys, tiny_dataset
 def test_resume_with_a_different_config_is_refused(trained, capsys):
     before = (trained / "checkpoint.pt").read_bytes()
     code, out = run_cli(["train", "--resume", trained, "--rounds", 4, "--lr", 0.5, *FLAGS], capsys)
-    assert code == 2 and "config differs from the run's: train.lr: checkpoint 0.003, now 0.5" in out.err
+    assert code == 2 and "config differs from the run's: train.lr: checkpoint 0.01, now 0.5" in out.err
     assert (trained / "checkpoint.pt").read_bytes() == before
 
 
