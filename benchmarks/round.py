@@ -1,0 +1,152 @@
+"""Benchmark: one BounceGrad round (ShardWorker.step + ParameterServer.apply), against matmul.
+
+Defaults are the published configuration: 5 nodes, 49 frames, edge 8-256-256-256, node
+260-256-256-256-4, K = 2, B = 128, learned proposal, one SA step. Synthetic trajectories (the
+cost does not depend on the values). Reports the median seconds per round over `--repeats`
+rounds after `--warmup`, tasks per second, the round's FLOPs counted as REFERENCE.md 9 does
+(GNN forward of current and proposed structures, backward = 2x one forward, proposal network
+forward + backward = 3x its forward; the extra forward nri-ray spends to recompute the chosen
+structures with autograd is *not* counted, so efficiency is conservative), the achieved FLOP/s,
+and in the same run the FLOP/s of a plain `torch.matmul` of the round's largest GEMM shape
+([B * anchors * edges, 256] x [256, 256]) on the same device and dtype. Also peak memory.
+
+    python benchmarks/round.py [--device cpu|cuda] [--batch 128] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from nri_ray import config as C  # noqa: E402
+from nri_ray.data import SplitWriter, build_meta, write_meta  # noqa: E402
+from nri_ray.server import ParameterServer  # noqa: E402
+from nri_ray.shard import ShardWorker  # noqa: E402
+from nri_ray.train import sample_batch  # noqa: E402
+
+
+def mlp_flops(sizes: list[int]) -> int:
+    return 2 * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+
+
+def round_flops(cfg: C.Config, nodes: int, frames: int, batch: int) -> float:
+    edges = nodes * (nodes - 1)
+    edge = mlp_flops([8] + cfg.model.edge_widths)
+    node = mlp_flops([cfg.model.edge_widths[-1] + 4] + cfg.model.node_widths + [4])
+    anchors = len(range(0, frames - 1, cfg.model.rollout))
+    evaluation = anchors * cfg.model.rollout * (edges * edge + nodes * node)  # one task, one structure
+    h = cfg.proposal.proposal_hidden
+    block = lambda n_in: mlp_flops([n_in, h, h])  # noqa: E731
+    encoder = nodes * block(frames * 4) + edges * block(2 * h) + nodes * block(h) + edges * (block(3 * h) + 2 * h * 2)
+    return batch * ((1 + cfg.train.sa_steps) * evaluation + 2 * evaluation + 3 * encoder)
+
+
+def synthetic_dataset(directory: Path, tasks: int, frames: int, nodes: int) -> None:
+    rng = np.random.default_rng(0)
+    writers = {}
+    for split, count in (("train", tasks), ("valid", 8), ("test", 8)):
+        w = writers[split] = SplitWriter(directory / f"{split}.parquet", frames, nodes, 5000)
+        w.append(rng.standard_normal((count, frames, nodes, 4)), rng.integers(0, 2, (count, nodes * (nodes - 1))))
+        w.close()
+    write_meta(directory, build_meta(simulator="springs", n_balls=nodes, writers=writers, source="synthetic"))
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_rate(rows: int, device: torch.device, repeats: int) -> float:
+    a = torch.randn(rows, 256, device=device)
+    b = torch.randn(256, 256, device=device)
+    for _ in range(3):
+        torch.matmul(a, b)
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(10):
+            torch.matmul(a, b)
+        sync(device)
+        times.append((time.perf_counter() - t) / 10)
+    return 2 * rows * 256 * 256 / statistics.median(times)
+
+
+def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> dict:
+    overrides = {"model": {"edge_modules": modules}, "train": {"meta_batch_size": batch, "device": device.type}}
+    cfg = C.Config.from_dict(C.merge(C.preset(args.preset), overrides))
+    tasks = max(batch, 256)
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic_dataset(Path(tmp), tasks, args.frames, nodes)
+        shard = ShardWorker(0, tmp, 0, tasks, cfg, device.type)
+    server = ParameterServer(cfg, 4, args.frames)
+    weights = server.weights()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for r in range(args.warmup + args.repeats):
+        ids = sample_batch(0, r, tasks, batch)
+        sync(device)
+        t = time.perf_counter()
+        weights = server.apply([shard.step(weights, r, ids, 1e-4)])
+        sync(device)
+        times.append(time.perf_counter() - t)
+    seconds = statistics.median(times[args.warmup:])
+    flops = round_flops(cfg, nodes, args.frames, batch)
+    anchors = len(range(0, args.frames - 1, cfg.model.rollout))
+    mm = matmul_rate(batch * anchors * nodes * (nodes - 1), device, 5)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    return {"device": device.type, "batch": batch, "nodes": nodes, "edge_modules": modules,
+            "seconds_per_round": seconds, "tasks_per_second": batch / seconds, "round_flops": flops,
+            "achieved_flops_per_s": flops / seconds, "matmul_flops_per_s": mm, "efficiency": flops / seconds / mm,
+            "peak_memory_bytes": peak, "round_seconds_all": times}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--preset", default="paper", choices=("paper", "small"))
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--nodes", type=int, default=5)
+    p.add_argument("--modules", type=int, default=2)
+    p.add_argument("--frames", type=int, default=49)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--sweep", action="store_true", help="also sweep B, nodes and K")
+    p.add_argument("--json", help="write results here")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    results = {"machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                           "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}}
+    main_result = bench(args, args.batch, args.nodes, args.modules, device)
+    results.update({k: v for k, v in main_result.items() if k != "round_seconds_all"})
+    results["runs"] = [main_result]
+    if args.sweep:
+        for batch in (32, 64, 256, 512, 1024):
+            results["runs"].append(bench(args, batch, args.nodes, args.modules, device))
+        for nodes in (10, 20):
+            results["runs"].append(bench(args, args.batch, nodes, args.modules, device))
+        for modules in (4, 8):
+            results["runs"].append(bench(args, args.batch, args.nodes, modules, device))
+    for r in results["runs"]:
+        print(f"{r['device']:4s} B={r['batch']:5d} nodes={r['nodes']:3d} K={r['edge_modules']}  "
+              f"{r['seconds_per_round'] * 1e3:9.1f} ms/round  {r['tasks_per_second']:9.0f} tasks/s  "
+              f"{r['achieved_flops_per_s'] / 1e9:8.1f} GFLOP/s  matmul {r['matmul_flops_per_s'] / 1e9:8.1f} GFLOP/s  "
+              f"efficiency {r['efficiency']:.2f}", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
