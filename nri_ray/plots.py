@@ -46,12 +46,17 @@ def training_curves(metrics_path: Path, out: Path) -> Path | None:
     axes[0, 1].plot(r, [row["batch_edge_accuracy"] for row in rows], label="meta-train structures")
     axes[1, 0].plot(r, [row["accept_rate"] for row in rows], label="all proposals")
     axes[1, 0].plot(r, [row["worse_accept_rate"] for row in rows], label="worse proposals")
-    axes[1, 1].semilogy(r, [max(row["temperature"], 1e-30) for row in rows], label="temperature")
+    temps = [row["temperature"] for row in rows]
+    if min(temps) > 0:
+        axes[1, 1].semilogy(r, temps, label="temperature")
+    else:  # greedy (T = 0) for at least part of the run: a log axis cannot show it
+        axes[1, 1].plot(r, temps, label="temperature")
     titles = ["loss", "edge accuracy", "acceptance rate", "temperature"]
     for ax, title in zip(axes.flat, titles):
         ax.set_title(title)
         ax.set_xlabel("round")
         ax.legend(fontsize=8)
+    fig.tight_layout()
     return _save(fig, out)
 
 
