@@ -105,6 +105,7 @@ def _train_config(args: argparse.Namespace, saved: dict | None) -> C.Config:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import checkpoint, plots
+    from .evaluate import plot_example
     from .train import run
 
     if args.resume:
@@ -119,6 +120,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     result = run(cfg, data, run_dir, resume=bool(args.resume), report=None if args.quiet else _print_metrics,
                  progress=not args.quiet)
     plots.training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training.png")
+    plot_example(run_dir, data)
     print(json.dumps(result.summary, indent=2))
     return 0
 

@@ -24,7 +24,7 @@ from .train import load_run
 
 
 def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_steps: int | None = None,
-             tasks: int = 0, device: str = "auto", plot: bool = True) -> dict:
+             tasks: int = 0, device: str = "auto", plot: bool = True, write: bool = True) -> dict:
     run_dir = Path(run_dir)
     server, cfg, meta, norm = load_run(run_dir, device)
     data = Dataset(data_dir)
@@ -55,7 +55,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
         "mse_start_frame": start,
         "seconds": time.perf_counter() - t0,
     }
-    atomic_write_text(run_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
+    if write:
+        atomic_write_text(run_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")
     if plot:
         steps_plot = min(20, traj.shape[1] - 1 - start)
         if steps_plot >= 1:
@@ -64,3 +65,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
                              f"{split} task 0: true (solid) vs predicted (dashed), from frame {start}")
         plots.graphs(part.labels[0], structures[0], data.n_balls, run_dir / "plots" / "graph.png")
     return result
+
+
+def plot_example(run_dir: str | Path, data_dir: str | Path) -> None:
+    """The trajectory and graph plots of one meta-test system (written at the end of training)."""
+    evaluate(run_dir, data_dir, "test", tasks=1, device="cpu", plot=True, write=False)

@@ -108,3 +108,29 @@ def test_backend_structures_round_trip(tiny_dataset):
     assert s.shape == (24, 20) and s.dtype == np.int8
     backend.set_structures(1 - s)
     np.testing.assert_array_equal(backend.structures(), 1 - s)
+
+
+@pytest.mark.parametrize("changes", [
+    {"train": {"grad_split": "heldout", "heldout_frames": 4}},
+    {"proposal": {"proposal": "uniform"}},
+    {"anneal": {"schedule": "geometric", "t0": 1e-3, "temp_decay": 0.5}},
+    {"model": {"edge_modules": 3}, "train": {"plateau_patience": 1}},
+])
+def test_variants_run(tmp_path, tiny_dataset, changes):
+    cfg = C.Config.from_dict(C.merge(TINY, changes))
+    result = run(cfg, tiny_dataset, tmp_path / "v", progress=False)
+    assert 0 <= result.summary["valid_edge_accuracy"] <= 1
+    state = torch.load(tmp_path / "v" / "checkpoint.pt", weights_only=True)
+    assert int(state["structures"].max()) < cfg.model.edge_modules
+    if cfg.anneal.schedule == "geometric":
+        assert state["temperature"][0] == pytest.approx(1e-3 * 0.5 ** 6)
+
+
+def test_heldout_split_windows():
+    from nri_ray.shard import split_windows
+
+    traj = torch.arange(10.0).view(1, 10, 1, 1)
+    sa, grad = split_windows(traj, "heldout", 4)
+    assert sa.shape[1] == 6 and grad.shape[1] == 4 and grad[0, 0, 0, 0] == 6
+    same_sa, same_grad = split_windows(traj, "same", 4)
+    assert same_sa.shape[1] == same_grad.shape[1] == 10

@@ -114,3 +114,8 @@ def test_evaluate_json(trained, capsys, tiny_dataset):
     assert 0 <= result["edge_accuracy"] <= 1 and 0 <= result["proposal_accuracy"] <= 1
     assert set(result["mse"]) >= {"1", "10"}
     assert (trained / "eval_test.json").exists() and (trained / "plots" / "graph.png").exists()
+
+
+def test_train_writes_example_plots(trained):
+    for name in ("training.png", "trajectory.png", "graph.png"):
+        assert (trained / "plots" / name).stat().st_size > 1000, name
