@@ -345,6 +345,21 @@ class TrainConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ClusterConfig(Section):
+    """Where the shards run. None of these fields changes a result."""
+
+    SECTION = "cluster"
+
+    backend: str = param("local", "local: shards in this process; ray: shard actors on a Ray cluster",
+                         choices=("local", "ray"))
+    address: str = param("", "Ray cluster to join (auto or HOST:PORT); empty = start an embedded single-node Ray")
+    cpus_per_shard: float = param(1.0, "CPUs reserved per shard actor", check=positive)
+    gpus_per_shard: float = param(0.0, "GPUs reserved per shard actor (fractions allowed)", check=at_least(0.0))
+    max_shard_failures: int = param(10, "shard actor failures tolerated per run (each is replaced and its round "
+                                         "retried)", check=at_least(0))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Config(Section):
     """A whole training run."""
 
@@ -354,12 +369,14 @@ class Config(Section):
     proposal: ProposalConfig = dataclasses.field(default_factory=ProposalConfig, metadata={"doc": "proposals"})
     anneal: AnnealConfig = dataclasses.field(default_factory=AnnealConfig, metadata={"doc": "temperature"})
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig, metadata={"doc": "BounceGrad loop"})
+    cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig, metadata={"doc": "placement"})
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name).to_dict() for name in ("model", "proposal", "anneal", "train")}
+        return {name: getattr(self, name).to_dict() for name in SECTIONS}
 
 
-SECTIONS = {"model": ModelConfig, "proposal": ProposalConfig, "anneal": AnnealConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "proposal": ProposalConfig, "anneal": AnnealConfig, "train": TrainConfig,
+            "cluster": ClusterConfig}
 
 
 def preset(name: str) -> dict:

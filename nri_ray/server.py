@@ -32,7 +32,7 @@ def flatten_grads(module: nn.Module) -> np.ndarray:
 
 def unflatten_into(module: nn.Module, flat: np.ndarray, attr: str = "data") -> None:
     """Copy a flat vector into the parameters (attr='data') or their gradients (attr='grad')."""
-    flat_t = torch.as_tensor(np.asarray(flat, np.float32))
+    flat_t = torch.from_numpy(np.array(flat, dtype=np.float32))  # a writable copy (Ray hands out read-only arrays)
     offset = 0
     for p in module.parameters():
         n = p.numel()

@@ -23,7 +23,7 @@ from . import checkpoint, rng
 from .annealing import TemperatureState, initial_state, next_temperature
 from .config import Config
 from .data import Dataset, Normalization
-from .distributed import LocalBackend
+from .distributed import make_backend
 from .errors import NriRayError
 from .infer import infer_structures, prediction_mse
 from .io import atomic_write_text
@@ -33,7 +33,9 @@ from .shard import resolve_device, split_windows
 
 # Fields that may differ between a run and its resume (they change no result).
 RESUMABLE_CHANGES = {("train", "rounds"), ("train", "eval_every"), ("train", "checkpoint_every"),
-                     ("train", "eval_tasks"), ("train", "eval_sa_steps"), ("train", "device"), ("train", "threads")}
+                     ("train", "eval_tasks"), ("train", "eval_sa_steps"), ("train", "device"), ("train", "threads"),
+                     *(("cluster", f) for f in ("backend", "address", "cpus_per_shard", "gpus_per_shard",
+                                                "max_shard_failures"))}
 
 
 class TrainingError(NriRayError):
@@ -153,7 +155,7 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
     server = ParameterServer(cfg, 4, in_frames)
     server.lib.to(device)
     server.proposer.to(device)
-    backend = backend or LocalBackend(cfg, data_dir, num_tasks)
+    backend = backend or make_backend(cfg, data_dir, num_tasks, run_dir.name)
     temp, start_round, wall_before = initial_state(cfg.anneal.t0), 0, 0.0
     if state is not None:
         server.load_state_dict(state)
@@ -161,6 +163,8 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
         temp = TemperatureState(*state["temperature"])
         start_round, wall_before = int(state["round"]) + 1, float(state.get("wall_seconds", 0.0))
     mirror = backend.structures()  # [tasks, edges] int8: the driver's copy of every structure
+    if getattr(backend, "dashboard_url", None):
+        print(f"Ray dashboard: http://{backend.dashboard_url}", flush=True)
     evaluator = Evaluator(cfg, data, device, in_frames)
     log = MetricsLog(run_dir / "metrics.jsonl", start_round if state is not None else None)  # rounds done
     checkpointer = Checkpointer(run_dir, cfg.train.checkpoint_every)
@@ -172,7 +176,7 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
         last = round_idx == rounds - 1
         batch = sample_batch(cfg.train.seed, round_idx, num_tasks, cfg.train.meta_batch_size)
         weights = server.weights()
-        reports = backend.step_all(weights, round_idx, batch, temp.temperature)
+        reports = backend.step_all(weights, round_idx, batch, temp.temperature, mirror)
         stats = _round_stats(reports)
         if not all(math.isfinite(stats[k]) for k in ("loss", "grad_loss", "proposal_loss")):
             saved = (run_dir / checkpoint.LATEST).exists()
