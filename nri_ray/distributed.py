@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import Config
 from .shard import ShardReport, ShardWorker
-from .server import Weights
+from .server import ParameterServer, Weights, unflatten_into
 
 
 def shard_ranges(num_tasks: int, num_shards: int) -> list[tuple[int, int]]:
@@ -48,12 +48,21 @@ class LocalBackend:
         return [shard.step(weights, round_idx, ids, temperature)
                 for shard, ids in zip(self.shards, route(batch_ids, self.ranges)) if len(ids)]
 
+    def make_server(self, cfg: Config, dims: int, in_frames: int) -> ParameterServer:
+        return ParameterServer(cfg, dims, in_frames)
+
     def structures(self) -> np.ndarray:
         return np.concatenate([shard.get_structures()[1] for shard in self.shards])
 
     def set_structures(self, structures: np.ndarray) -> None:
         for shard, (a, b) in zip(self.shards, self.ranges):
             shard.set_structures(np.arange(a, b), structures[a:b])
+
+    def observe_round(self, round_idx: int, stats: dict, reports: list[ShardReport]) -> None:
+        """Metrics hook (Ray exports them to the dashboard; nothing to do in process)."""
+
+    def observe_eval(self, row: dict) -> None:
+        """Metrics hook for an evaluation row."""
 
     def close(self) -> None:
         pass
@@ -151,6 +160,47 @@ class RayBackend:
                 refs[i] = self.shards[i].step.remote(weights_ref, round_idx, dict(jobs)[i], temperature)
         return [done[i] for i in sorted(done)]
 
+    def _metrics(self):
+        if not hasattr(self, "_gauges"):
+            from ray.util.metrics import Counter, Gauge
+
+            tags = ("run",)
+            names = {"round": "last finished BounceGrad round", "rounds_per_second": "rounds per second (last round)",
+                     "train_loss": "mean gradient loss of the round's tasks", "accept_rate": "SA acceptance, all proposals",
+                     "worse_accept_rate": "SA acceptance of worse proposals", "temperature": "SA temperature",
+                     "valid_edge_accuracy": "meta-valid edge accuracy", "valid_mse_1": "meta-valid MSE at 1 step",
+                     "valid_mse_10": "meta-valid MSE at 10 steps"}
+            self._gauges = {k: Gauge(f"nri_ray_{k}", description=d, tag_keys=tags) for k, d in names.items()}
+            self._shard_seconds = Gauge("nri_ray_shard_round_seconds", description="seconds of a shard's round",
+                                        tag_keys=("run", "shard"))
+            self._rounds = Counter("nri_ray_rounds_total", description="BounceGrad rounds run", tag_keys=tags)
+            self._last = time.perf_counter()
+        return self._gauges
+
+    def observe_round(self, round_idx: int, stats: dict, reports: list[ShardReport]) -> None:
+        """Export the round's numbers as `ray.util.metrics` (Prometheus, the dashboard), tagged by run."""
+        g, tags = self._metrics(), {"run": self.namespace}
+        now = time.perf_counter()
+        for key, value in (("round", round_idx + 1), ("rounds_per_second", 1.0 / max(1e-9, now - self._last)),
+                           ("train_loss", stats["grad_loss"]), ("accept_rate", stats["accept_rate"]),
+                           ("worse_accept_rate", stats["worse_accept_rate"]), ("temperature", stats["temperature"])):
+            g[key].set(float(value), tags=tags)
+        self._last = now
+        self._rounds.inc(1.0, tags=tags)
+        for r in reports:
+            self._shard_seconds.set(r.seconds, tags={"run": self.namespace, "shard": str(r.shard_id)})
+
+    def observe_eval(self, row: dict) -> None:
+        g, tags = self._metrics(), {"run": self.namespace}
+        g["valid_edge_accuracy"].set(float(row["valid_edge_accuracy"]), tags=tags)
+        for h in ("1", "10"):
+            if h in row.get("valid_mse", {}):
+                g[f"valid_mse_{h}"].set(float(row["valid_mse"][h]), tags=tags)
+
+    def make_server(self, cfg: Config, dims: int, in_frames: int) -> "RemoteServer":
+        self.server = RemoteServer(self.ray, cfg, dims, in_frames, self.namespace, self)
+        return self.server
+
     def _mirror_fallback(self) -> np.ndarray:
         raise RuntimeError("a shard died and no structure mirror was given to restore it")
 
@@ -163,13 +213,97 @@ class RayBackend:
                       for s, (a, b) in zip(self.shards, self.ranges)])
 
     def close(self) -> None:
-        for shard in self.shards:
+        for shard in self.shards + ([self.server.actor] if getattr(self, "server", None) else []):
             try:
                 self.ray.kill(shard, no_restart=True)
             except Exception:
                 pass
         if self.owns_ray:
             self.ray.shutdown()
+
+
+class RemoteServer:
+    """The parameter-server actor (`nri-parameter-server`) behind ParameterServer's interface.
+
+    The driver keeps the server's whole state as of the last round (weights, both optimizers,
+    plateau schedule; `apply_with_state` returns it with the new weights). If the actor dies, a
+    new one is started from that copy and the round's `apply` is re-sent: nothing is lost. A
+    local replica of the models serves evaluation (`lib`, `proposer`), refreshed on access.
+    """
+
+    def __init__(self, ray, cfg: Config, dims: int, in_frames: int, namespace: str, backend: "RayBackend"):
+        self.ray, self.cfg, self.namespace, self.backend = ray, cfg, namespace, backend
+        self.args = (cfg, dims, in_frames)
+        self.replica = ParameterServer(cfg, dims, in_frames)
+        self._remote_cls = ray.remote(max_restarts=0, max_task_retries=0)(ParameterServer)
+        self.actor = self._start()
+        self._weights = self.ray.get(self.actor.weights.remote())
+        self._state = self.replica.state_dict()
+        self._synced = False
+
+    def _start(self):
+        return self._remote_cls.options(name="nri-parameter-server", namespace=self.namespace, num_cpus=0).remote(*self.args)
+
+    def _call(self, method: str, *args):
+        """Call the actor; if it died, start a new one from the driver's copy and call again."""
+        for _ in range(self.cfg.cluster.max_shard_failures + 1):
+            try:
+                return self.ray.get(getattr(self.actor, method).remote(*args))
+            except self.ray.exceptions.RayActorError:
+                self.backend.failures += 1
+                log.warning("parameter server died; restoring it from the driver's copy of the last round")
+                try:
+                    self.ray.kill(self.actor, no_restart=True)
+                except Exception:
+                    pass
+                for _attempt in range(50):
+                    try:
+                        self.actor = self._start()
+                        break
+                    except ValueError:  # the old name is not released yet
+                        time.sleep(0.1)
+                self.ray.get(self.actor.load_state_dict.remote(self._state))
+        raise RuntimeError("the parameter server kept dying")
+
+    def weights(self) -> Weights:
+        return self._weights
+
+    def apply(self, reports) -> Weights:
+        self._weights, self._state = self._call("apply_with_state", reports)
+        self._synced = False
+        return self._weights
+
+    def observe(self, metric: float) -> None:
+        self._call("observe", metric)
+        self._state = self._call("state_dict")
+
+    def lr(self) -> float:
+        return float(self._state["opt_modules"]["param_groups"][0]["lr"])
+
+    def state_dict(self) -> dict:
+        return self._state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = state
+        self._call("load_state_dict", state)
+        self._weights = self._call("weights")
+        self._synced = False
+
+    def _sync(self) -> None:
+        if not self._synced:
+            unflatten_into(self.replica.lib, self._weights.modules)
+            unflatten_into(self.replica.proposer, self._weights.proposal)
+            self._synced = True
+
+    @property
+    def lib(self):
+        self._sync()
+        return self.replica.lib
+
+    @property
+    def proposer(self):
+        self._sync()
+        return self.replica.proposer
 
 
 def make_backend(cfg: Config, data_dir: str | Path, num_tasks: int, run_name: str = "run"):

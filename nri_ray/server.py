@@ -96,6 +96,13 @@ class ParameterServer:
             self.opt_proposal.step()
         return self.weights()
 
+    def lr(self) -> float:
+        return float(self.opt_modules.param_groups[0]["lr"])
+
+    def apply_with_state(self, reports) -> tuple[Weights, dict]:
+        """`apply`, plus the whole state afterwards (the driver keeps it to restore a lost server)."""
+        return self.apply(reports), self.state_dict()
+
     def observe(self, metric: float) -> None:
         """Plateau schedule: halve the module lr after `plateau_patience` evaluations without improvement."""
         patience = self.cfg.train.plateau_patience

@@ -124,7 +124,7 @@ class ShardWorker:
         cfg = self.cfg
         unflatten_into(self.lib, weights.modules)
         unflatten_into(self.proposer, weights.proposal)
-        ids = torch.as_tensor(np.asarray(task_ids, np.int64), device=self.device)
+        ids = torch.as_tensor(np.array(task_ids, np.int64), device=self.device)  # a copy: Ray arrays are read-only
         idx = ids - self.start
         sa_traj, grad_traj = split_windows(self.trajectories[idx], cfg.train.grad_split, cfg.train.heldout_frames)
         current = self.structures[idx].long()  # [tasks, edges]

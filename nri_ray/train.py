@@ -152,10 +152,10 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
     in_frames = split_windows(torch.zeros(1, frames, 1, 1), cfg.train.grad_split, cfg.train.heldout_frames)[0].shape[1]
     meta = {"n_balls": data.n_balls, "dims": 4, "in_frames": in_frames, "num_tasks": num_tasks,
             "simulator": data.sim, "normalization": data.normalization._asdict(), "data_dir": str(Path(data_dir).resolve())}
-    server = ParameterServer(cfg, 4, in_frames)
+    backend = backend or make_backend(cfg, data_dir, num_tasks, run_dir.name)
+    server = backend.make_server(cfg, 4, in_frames)  # in process, or the parameter-server actor
     server.lib.to(device)
     server.proposer.to(device)
-    backend = backend or make_backend(cfg, data_dir, num_tasks, run_dir.name)
     temp, start_round, wall_before = initial_state(cfg.anneal.t0), 0, 0.0
     if state is not None:
         server.load_state_dict(state)
@@ -188,15 +188,17 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
         for r in reports:
             mirror[r.changed_ids] = r.changed_structures
         stats["temperature"] = temp.temperature
+        backend.observe_round(round_idx, stats, reports)
         temp = next_temperature(temp, round_idx, stats["worse"], stats["worse_accepted"], cfg.anneal)
         if evaluator.due(round_idx, last):
             last_eval = evaluator(server)
             if (round_idx + 1) % cfg.train.eval_every == 0:
                 server.observe(last_eval["valid_loss"])  # only on the regular cadence: resume stays exact
             row = {"round": round_idx + 1, **{k: v for k, v in stats.items() if k not in ("worse", "worse_accepted")},
-                   **last_eval, "lr": server.opt_modules.param_groups[0]["lr"],
+                   **last_eval, "lr": server.lr(),
                    "wall_seconds": wall_before + time.perf_counter() - t_start}
             log.log(row)
+            backend.observe_eval(row)
             if report:
                 report(row)
         bar.set_postfix(loss=f"{stats['loss']:.2e}", acc_rate=f"{stats['accept_rate']:.2f}",

@@ -98,3 +98,34 @@ def test_shards_are_named_and_read_their_own_rows(ray_session, tiny_dataset):
             assert structures.shape == (b - a, 20)
     finally:
         backend.close()
+
+
+class ServerKillingBackend(RayBackend):
+    """Kills the parameter-server actor between the shards' round 2 and the server's apply."""
+
+    def step_all(self, weights, round_idx, batch_ids, temperature, mirror=None):
+        reports = super().step_all(weights, round_idx, batch_ids, temperature, mirror)
+        if round_idx == 2 and not getattr(self, "killed", False):
+            self.killed = True
+            ray.kill(self.server.actor, no_restart=True)
+        return reports
+
+
+def test_killed_parameter_server_is_restored_and_nothing_is_lost(ray_session, tmp_path, tiny_dataset):
+    c = C.Config.from_dict(C.merge(TINY, {"train": {"num_shards": 2}, "cluster": {"backend": "ray"}}))
+    run(c, tiny_dataset, tmp_path / "clean", progress=False)
+    backend = ServerKillingBackend(c, tiny_dataset, 24, "server-kill")
+    run(c, tiny_dataset, tmp_path / "killed", progress=False, backend=backend)
+    assert backend.failures == 1
+    clean, killed = final_state(tmp_path / "clean"), final_state(tmp_path / "killed")
+    assert_same_run(clean, killed, exact_weights=True)
+    for name, tensor in clean["opt_modules"]["state"][0].items():
+        torch.testing.assert_close(killed["opt_modules"]["state"][0][name], tensor, rtol=0, atol=0)
+
+
+def test_round_metrics_are_exported(ray_session, tmp_path, tiny_dataset):
+    c = C.Config.from_dict(C.merge(TINY, {"train": {"num_shards": 2}, "cluster": {"backend": "ray"}}))
+    backend = RayBackend(c, tiny_dataset, 24, "metrics")
+    run(c, tiny_dataset, tmp_path / "m", progress=False, backend=backend)
+    assert set(backend._gauges) >= {"round", "train_loss", "accept_rate", "worse_accept_rate", "temperature",
+                                    "valid_edge_accuracy", "rounds_per_second"}
