@@ -201,6 +201,11 @@ class RayBackend:
         self.server = RemoteServer(self.ray, cfg, dims, in_frames, self.namespace, self)
         return self.server
 
+    def placement(self) -> list[str]:
+        """The Ray node id of every shard actor, in shard order."""
+        node = lambda actor_self: __import__("ray").get_runtime_context().get_node_id()  # noqa: E731
+        return self.ray.get([s.__ray_call__.remote(node) for s in self.shards])
+
     def _mirror_fallback(self) -> np.ndarray:
         raise RuntimeError("a shard died and no structure mirror was given to restore it")
 

@@ -100,6 +100,10 @@ class ShardWorker:
         self.n_edges = n_nodes * (n_nodes - 1)
         self.structures = initial_structures(cfg.train.seed, self.task_ids, self.n_edges, cfg.model.edge_modules)
 
+    def __repr__(self) -> str:
+        # Ray prefixes an actor's log lines with its repr: make them carry the shard id.
+        return f"nri-shard-{self.shard_id}"
+
     # -- structures: the driver mirrors them and can hand them back after a restart --
     def get_structures(self) -> tuple[np.ndarray, np.ndarray]:
         return self.task_ids.cpu().numpy(), self.structures.cpu().numpy()

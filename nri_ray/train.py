@@ -165,6 +165,9 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
     mirror = backend.structures()  # [tasks, edges] int8: the driver's copy of every structure
     if getattr(backend, "dashboard_url", None):
         print(f"Ray dashboard: http://{backend.dashboard_url}", flush=True)
+    if hasattr(backend, "placement"):
+        nodes = backend.placement()
+        print(f"{len(nodes)} shard actors on {len(set(nodes))} Ray node(s)", flush=True)
     evaluator = Evaluator(cfg, data, device, in_frames)
     log = MetricsLog(run_dir / "metrics.jsonl", start_round if state is not None else None)  # rounds done
     checkpointer = Checkpointer(run_dir, cfg.train.checkpoint_every)
