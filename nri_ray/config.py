@@ -338,7 +338,8 @@ class TrainConfig(Section):
     eval_sa_steps: int = param(20, "SA steps per task in each evaluation", check=at_least(0))
     checkpoint_every: int = param(100, "rounds between checkpoints (the last round is always saved)",
                                   check=at_least(1))
-    num_shards: int = param(1, "shard workers (tasks are split evenly in id order)", check=at_least(1))
+    num_shards: int = param(0, "shard workers, tasks split evenly in id order (0 = one per CPU core with the ray "
+                               "backend, 1 with the local backend)", check=at_least(0))
     device: str = param("auto", "auto (cuda when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
     threads: int = param(0, "torch intra-op threads (0 = torch default)", check=at_least(0))
     seed: int = param(0, "seed of module init, structures, proposals and batches", check=at_least(0))
@@ -350,7 +351,8 @@ class ClusterConfig(Section):
 
     SECTION = "cluster"
 
-    backend: str = param("local", "local: shards in this process; ray: shard actors on a Ray cluster",
+    backend: str = param("ray", "ray: shard actors and a parameter-server actor on a Ray cluster (embedded "
+                                "single-node Ray unless --address); local: everything in this process (debugging)",
                          choices=("local", "ray"))
     address: str = param("", "Ray cluster to join (auto or HOST:PORT); empty = start an embedded single-node Ray")
     cpus_per_shard: float = param(1.0, "CPUs reserved per shard actor", check=positive)
@@ -373,6 +375,13 @@ class Config(Section):
 
     def to_dict(self) -> dict:
         return {name: getattr(self, name).to_dict() for name in SECTIONS}
+
+    def resolved(self) -> "Config":
+        """The config with `num_shards = 0` made concrete for this machine (what a run records)."""
+        if self.train.num_shards:
+            return self
+        shards = (os.cpu_count() or 1) if self.cluster.backend == "ray" else 1
+        return dataclasses.replace(self, train=self.train.replace(num_shards=shards))
 
 
 SECTIONS = {"model": ModelConfig, "proposal": ProposalConfig, "anneal": AnnealConfig, "train": TrainConfig,

@@ -129,6 +129,7 @@ def _round_stats(reports) -> dict:
 def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False,
         report: Callable[[dict], None] | None = None, progress: bool = True, backend=None) -> Result:
     """Train (or resume) a run. `report(metrics)` is called at every evaluation."""
+    cfg = cfg.resolved()
     run_dir, data = Path(run_dir), Dataset(data_dir)
     torch.manual_seed(cfg.train.seed)  # nothing should draw from it; belt and braces
     if cfg.train.threads:

@@ -86,7 +86,7 @@ def local_reference(tmp_path_factory, tiny_dataset):
     from nri_ray.cli import main
 
     out = tmp_path_factory.mktemp("local") / "run"
-    assert main(["train", "--data", str(tiny_dataset), "--out", str(out), *FLAGS]) == 0
+    assert main(["train", "--data", str(tiny_dataset), "--out", str(out), "--backend", "local", *FLAGS]) == 0
     return out
 
 

@@ -63,3 +63,15 @@ def test_save_and_load_round_trip(tmp_path):
     cfg = C.GenerateConfig(sim="charged", seed=5)
     C.save_file(cfg, tmp_path / "c.yaml")
     assert C.GenerateConfig.from_dict(C.load_file(tmp_path / "c.yaml")) == cfg
+
+
+def test_the_default_run_is_on_ray_with_one_shard_per_core():
+    import os
+
+    cfg = C.Config()
+    assert cfg.cluster.backend == "ray" and cfg.train.num_shards == 0
+    assert cfg.resolved().train.num_shards == (os.cpu_count() or 1)
+    local = C.Config.from_dict({"cluster": {"backend": "local"}})
+    assert local.resolved().train.num_shards == 1
+    fixed = C.Config.from_dict({"train": {"num_shards": 3}})
+    assert fixed.resolved() is fixed

@@ -25,6 +25,7 @@ def test_short_training_on_cuda(tmp_path, tiny_dataset):
     cfg = C.Config.from_dict({"model": {"edge_hidden": "16,16", "node_hidden": "16", "rollout": 4},
                               "proposal": {"proposal_hidden": 16},
                               "train": {"rounds": 4, "meta_batch_size": 8, "eval_every": 2, "eval_tasks": 8,
-                                        "eval_sa_steps": 2, "device": "cuda", "num_shards": 2}})
+                                        "eval_sa_steps": 2, "device": "cuda", "num_shards": 2},
+                              "cluster": {"backend": "local"}})
     result = run(cfg, tiny_dataset, tmp_path / "r", progress=False)
     assert 0 <= result.summary["valid_edge_accuracy"] <= 1

@@ -22,7 +22,7 @@ def test_short_seeded_springs_training_learns(tmp_path, springs49, capsys):
     code = main(["train", "--data", str(springs49), "--out", str(run_dir), "--preset", "small",
                  "--edge-hidden", "32,32", "--node-hidden", "32,32", "--proposal-hidden", "32",
                  "--meta-batch-size", "32", "--rounds", "300", "--eval-every", "100", "--eval-tasks", "100",
-                 "--seed", "3", "--quiet"])
+                 "--seed", "3", "--backend", "local", "--quiet"])
     assert code == 0
     capsys.readouterr()
     assert main(["evaluate", str(run_dir), "--data", str(springs49), "--sa-steps", "30", "--json"]) == 0

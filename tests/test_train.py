@@ -14,6 +14,7 @@ from nri_ray.train import run, sample_batch
 TINY = {"model": {"edge_hidden": "16,16", "node_hidden": "16", "rollout": 4, "init_spread": 0.1},
         "proposal": {"proposal_hidden": 16},
         "anneal": {"schedule": "adaptive", "t0": 1e-3},
+        "cluster": {"backend": "local"},
         "train": {"rounds": 6, "meta_batch_size": 10, "lr": 3e-3, "eval_every": 3, "eval_tasks": 8,
                   "eval_sa_steps": 2, "checkpoint_every": 3, "sa_steps": 2, "seed": 5}}
 
@@ -99,7 +100,7 @@ def test_run_outputs(tmp_path, tiny_dataset):
     for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json"):
         assert (tmp_path / "r" / name).exists(), name
     assert set(result.summary) >= {"final_round", "train_loss", "valid_edge_accuracy", "valid_mse", "wall_seconds"}
-    assert C.Config.from_dict(C.load_file(tmp_path / "r" / "config.yaml")) == tiny()
+    assert C.Config.from_dict(C.load_file(tmp_path / "r" / "config.yaml")) == tiny().resolved()
 
 
 def test_backend_structures_round_trip(tiny_dataset):

@@ -9,7 +9,7 @@ from nri_ray.errors import ConfigError
 
 FLAGS = ["--edge-hidden", "16,16", "--node-hidden", "16", "--proposal-hidden", "16", "--rollout", "4",
          "--meta-batch-size", "8", "--eval-every", "2", "--eval-tasks", "4", "--eval-sa-steps", "1",
-         "--checkpoint-every", "2", "--quiet"]
+         "--backend", "local", "--checkpoint-every", "2", "--quiet"]
 
 
 def run_cli(argv, capsys):
