@@ -162,7 +162,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     _cmd_info(argparse.Namespace(dataset=str(data), json=False))
     run_dir = Path(args.runs) / time.strftime("quickstart-%Y%m%d-%H%M%S")
     cfg = C.Config.from_dict(C.merge(C.preset("small"), {"train": {"seed": args.seed}}))
-    print(f"training the small preset into {run_dir} ({cfg.train.rounds} rounds, local, CPU)")
+    print(f"training the small preset into {run_dir} ({cfg.train.rounds} rounds, {cfg.cluster.backend} backend, CPU)")
     start = time.perf_counter()
     run(cfg, data, run_dir, report=_print_metrics, progress=False)
     plots.training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training.png")
