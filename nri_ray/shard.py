@@ -132,8 +132,11 @@ class ShardWorker:
         idx = ids - self.start
         sa_traj, grad_traj = split_windows(self.trajectories[idx], cfg.train.grad_split, cfg.train.heldout_frames)
         current = self.structures[idx].long()  # [tasks, edges]
+        learned = cfg.proposal.proposal == "learned"
+        self.proposer.zero_grad(set_to_none=True)
+        logits = self.proposer(sa_traj) if learned else None  # one forward serves proposals and training
         with torch.no_grad():
-            probs = torch.softmax(self.proposer(sa_traj), dim=-1) if cfg.proposal.proposal == "learned" else None
+            probs = torch.softmax(logits.detach(), dim=-1) if learned else None
             accepted = worse = worse_accepted = 0
             chosen, chosen_loss = current, None
             for step in range(cfg.train.sa_steps):
@@ -147,17 +150,16 @@ class ShardWorker:
                 accept_u = rng.uniform(cfg.train.seed, ids, round_idx, rng.ACCEPT + rng.STEP_STRIDE * step, 1)[:, 0]
                 sa = anneal_step(chosen, chosen_loss, proposed, loss_prop, temperature, accept_u)
                 chosen, chosen_loss = sa.structures, sa.losses
-                accepted += int(sa.accepted.sum())
-                worse += int(sa.worse.sum())
-                worse_accepted += int((sa.worse & sa.accepted).sum())
+                accepted = accepted + sa.accepted.sum()  # stays on the device: one sync per round
+                worse = worse + sa.worse.sum()
+                worse_accepted = worse_accepted + (sa.worse & sa.accepted).sum()
         self.structures[idx] = chosen.to(torch.int8)
         # The gradient pass, once, on the chosen structures only.
         self.lib.zero_grad(set_to_none=True)
         grad_losses = anchored_losses(self.lib, grad_traj, chosen, cfg.model.rollout)
         grad_losses.sum().backward()
-        self.proposer.zero_grad(set_to_none=True)
-        if cfg.proposal.proposal == "learned":
-            prop_losses = proposal_loss(self.proposer(sa_traj), chosen)
+        if learned:
+            prop_losses = proposal_loss(logits, chosen)
             prop_losses.sum().backward()
             prop_sum = float(prop_losses.detach().sum())
         else:
@@ -168,7 +170,7 @@ class ShardWorker:
             shard_id=self.shard_id, round_idx=round_idx,
             module_grad=flatten_grads(self.lib), proposal_grad=flatten_grads(self.proposer),
             tasks=len(ids), loss_sum=float(chosen_loss.sum()), grad_loss_sum=float(grad_losses.detach().sum()),
-            proposal_loss_sum=prop_sum, proposals=len(ids) * cfg.train.sa_steps, accepted=accepted, worse=worse, worse_accepted=worse_accepted,
+            proposal_loss_sum=prop_sum, proposals=len(ids) * cfg.train.sa_steps, accepted=int(accepted), worse=int(worse), worse_accepted=int(worse_accepted),
             changed_ids=ids[changed].cpu().numpy(),
             changed_structures=chosen[changed].to(torch.int8).cpu().numpy(),
             confusion=confusion(chosen.cpu().numpy(), labels, cfg.model.edge_modules),
