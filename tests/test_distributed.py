@@ -24,11 +24,6 @@ def ray_session():
     ray.shutdown()
 
 
-def cfg(**cluster):
-    over = {"cluster": {"backend": "ray", **cluster}, "train": {"num_shards": cluster.pop("shards", 2)}}
-    return C.Config.from_dict(C.merge(TINY, over))
-
-
 def final_state(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)
 
