@@ -5,7 +5,6 @@ submitted with `ray job submit`; both must equal the same run with the local bac
 authentication stays on (`RAY_AUTH_MODE=token` with a throwaway token), and the dashboard API
 must refuse a request without it. Both nodes are stopped at the end.
 """
-import json
 import os
 import secrets
 import shutil
