@@ -14,6 +14,7 @@ on every device, unlike a scatter-add.
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -39,8 +40,9 @@ class EdgePlan(NamedTuple):
     unsort: torch.Tensor
 
 
+@functools.lru_cache(maxsize=None)
 def incoming_edges(n_nodes: int) -> torch.Tensor:
-    """`[nodes, n-1]`: canonical (sender-major) ids of each receiver's incoming edges."""
+    """`[nodes, n-1]`: canonical (sender-major) ids of each receiver's incoming edges (cached; never mutated)."""
     senders, receivers = edge_index(n_nodes)
     order = sorted(range(len(senders)), key=lambda e: (receivers[e], senders[e]))
     return torch.tensor(order, dtype=torch.long).view(n_nodes, n_nodes - 1)

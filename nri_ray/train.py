@@ -221,10 +221,8 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
     """Modules, proposal network, config and meta of a trained run (for evaluation)."""
-    from .config import Config as _Config
-
     state = checkpoint.load(Path(run_dir))
-    cfg = _Config.from_dict(state["config"])
+    cfg = Config.from_dict(state["config"])
     server = ParameterServer(cfg, state["meta"]["dims"], state["meta"]["in_frames"])
     server.lib.load_state_dict(state["modules"])
     server.proposer.load_state_dict(state["proposal"])
