@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import config as C
@@ -234,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument("--seed", type=int, default=42, help="random seed")
     quick.add_argument("--sa-steps", type=int, default=100, help="SA steps per test task at meta-test time")
     quick.set_defaults(func=_cmd_quickstart)
+    for entry in entry_points(group="nri_ray.commands"):  # e.g. `sweep`, from tuning/
+        entry.load()(sub)
     return parser
 
 

@@ -357,6 +357,10 @@ class ClusterConfig(Section):
     address: str = param("", "Ray cluster to join (auto or HOST:PORT); empty = start an embedded single-node Ray")
     cpus_per_shard: float = param(1.0, "CPUs reserved per shard actor", check=positive)
     gpus_per_shard: float = param(0.0, "GPUs reserved per shard actor (fractions allowed)", check=at_least(0.0))
+    server_resource: str = param("", "custom Ray resource the parameter-server actor asks 0.01 of (e.g. nri_server, "
+                                     "declared on the head node by cluster/*.yaml); empty = none")
+    shard_resource: str = param("", "custom Ray resource each shard actor asks 0.01 of (e.g. nri_shard, declared "
+                                    "on the worker nodes); empty = none")
     max_shard_failures: int = param(10, "shard actor failures tolerated per run (each is replaced and its round "
                                          "retried)", check=at_least(0))
 

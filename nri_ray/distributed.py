@@ -106,15 +106,41 @@ class RayBackend:
                 self.owns_ray = True
             self.dashboard_url = getattr(context, "dashboard_url", None)
         self.failures = 0
+        self.group = self._placement_group(len(self.ranges))
         self._remote_cls = ray.remote(max_restarts=0, max_task_retries=0)(ShardWorker)
         self.shards = [self._start(i) for i in range(len(self.ranges))]
+
+    def _placement_group(self, shards: int):
+        """The placement group this run lives in, if it was given one with a bundle per actor.
+
+        Inside a Tune trial (tuning/) the trial owns a group laid out as [driver, shard 0 ..
+        shard S-1, server]; each actor is pinned to its own bundle. Elsewhere: None, and actors
+        go wherever their resources fit.
+        """
+        from ray.util import get_current_placement_group
+
+        group = get_current_placement_group()
+        if group is None or len(group.bundle_specs) != shards + 2:
+            return None
+        return group
+
+    def actor_options(self, bundle: int, name: str, cpus: float, gpus: float, resource: str) -> dict:
+        """Ray options of one actor: its name, resources and (inside a trial) its bundle."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        options = {"name": name, "namespace": self.namespace, "num_cpus": cpus, "num_gpus": gpus, "lifetime": None}
+        if resource:
+            options["resources"] = {resource: 0.01}
+        if self.group is not None:
+            options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+                placement_group=self.group, placement_group_bundle_index=bundle)
+        return options
 
     def _start(self, i: int):
         a, b = self.ranges[i]
         c = self.cfg.cluster
-        return self._remote_cls.options(name=f"nri-shard-{i}", namespace=self.namespace, num_cpus=c.cpus_per_shard,
-                                        num_gpus=c.gpus_per_shard, lifetime=None).remote(
-            i, self.data_dir, a, b, self.cfg, self.cfg.train.device)
+        options = self.actor_options(1 + i, f"nri-shard-{i}", c.cpus_per_shard, c.gpus_per_shard, c.shard_resource)
+        return self._remote_cls.options(**options).remote(i, self.data_dir, a, b, self.cfg, self.cfg.train.device)
 
     def _replace(self, i: int, structures: np.ndarray) -> None:
         """Start a fresh actor for shard i and give it back its tasks' structures."""
@@ -247,7 +273,9 @@ class RemoteServer:
         self._synced = False
 
     def _start(self):
-        return self._remote_cls.options(name="nri-parameter-server", namespace=self.namespace, num_cpus=0).remote(*self.args)
+        b = self.backend
+        options = b.actor_options(len(b.ranges) + 1, "nri-parameter-server", 0, 0, self.cfg.cluster.server_resource)
+        return self._remote_cls.options(**options).remote(*self.args)
 
     def _call(self, method: str, *args):
         """Call the actor; if it died, start a new one from the driver's copy and call again."""

@@ -35,7 +35,11 @@ from .shard import resolve_device, split_windows
 RESUMABLE_CHANGES = {("train", "rounds"), ("train", "eval_every"), ("train", "checkpoint_every"),
                      ("train", "eval_tasks"), ("train", "eval_sa_steps"), ("train", "device"), ("train", "threads"),
                      *(("cluster", f) for f in ("backend", "address", "cpus_per_shard", "gpus_per_shard",
-                                                "max_shard_failures"))}
+                                                "server_resource", "shard_resource", "max_shard_failures"))}
+# Hyper-parameters that may change on resume when asked for (PBT's exploit-and-explore): each is
+# read afresh every round, or (the module lr) set on the optimizer after loading.
+MUTABLE_ON_RESUME = {("train", "lr"), ("proposal", "epsilon"), ("proposal", "proposal_lr"), ("anneal", "temp_decay"),
+                     ("anneal", "target0"), ("anneal", "temp_factor"), ("anneal", "ratio_rate")}
 
 
 class TrainingError(NriRayError):
@@ -106,10 +110,11 @@ class Checkpointer:
             checkpoint.save(self.run_dir, state())
 
 
-def check_resume_config(saved: dict, cfg: Config, run_dir: Path) -> None:
+def check_resume_config(saved: dict, cfg: Config, run_dir: Path, allowed: set = frozenset()) -> None:
     new = cfg.to_dict()
     diffs = [f"{s}.{k}: checkpoint {saved[s].get(k)!r}, now {v!r}" for s, fields in new.items()
-             for k, v in fields.items() if saved.get(s, {}).get(k) != v and (s, k) not in RESUMABLE_CHANGES]
+             for k, v in fields.items()
+             if saved.get(s, {}).get(k) != v and (s, k) not in RESUMABLE_CHANGES and (s, k) not in allowed]
     if diffs:
         raise NriRayError(f"--resume {run_dir}: config differs from the run's: " + "; ".join(diffs))
 
@@ -127,8 +132,14 @@ def _round_stats(reports) -> dict:
 
 
 def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False,
-        report: Callable[[dict], None] | None = None, progress: bool = True, backend=None) -> Result:
-    """Train (or resume) a run. `report(metrics)` is called at every evaluation."""
+        report: Callable[[dict], None] | None = None, progress: bool = True, backend=None,
+        run_name: str | None = None, mutate: bool = False) -> Result:
+    """Train (or resume) a run.
+
+    `report(metrics)` is called at every evaluation, after that round's checkpoint (if one is due)
+    is written. `run_name` names the Ray namespace (default: the run directory's name).
+    `mutate=True` lets a resume change the MUTABLE_ON_RESUME hyper-parameters (PBT).
+    """
     cfg = cfg.resolved()
     run_dir, data = Path(run_dir), Dataset(data_dir)
     torch.manual_seed(cfg.train.seed)  # nothing should draw from it; belt and braces
@@ -136,7 +147,12 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
         torch.set_num_threads(cfg.train.threads)
     state = checkpoint.load(run_dir) if resume else None
     if state is not None:
-        check_resume_config(state["config"], cfg, run_dir)
+        check_resume_config(state["config"], cfg, run_dir, MUTABLE_ON_RESUME if mutate else frozenset())
+        for key, lr in (("opt_modules", cfg.train.lr), ("opt_proposal", cfg.proposal.proposal_lr)):
+            section, field = ("train", "lr") if key == "opt_modules" else ("proposal", "proposal_lr")
+            if state["config"][section][field] != lr:  # a mutated lr replaces the saved one (and its plateau cuts)
+                for group in state[key]["param_groups"]:
+                    group["lr"] = lr
         if state["meta"]["n_balls"] != data.n_balls:
             raise NriRayError(f"--data {data_dir}: {data.n_balls} balls, the checkpoint was trained on "
                               f"{state['meta']['n_balls']}")
@@ -153,7 +169,7 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
     in_frames = split_windows(torch.zeros(1, frames, 1, 1), cfg.train.grad_split, cfg.train.heldout_frames)[0].shape[1]
     meta = {"n_balls": data.n_balls, "dims": 4, "in_frames": in_frames, "num_tasks": num_tasks,
             "simulator": data.sim, "normalization": data.normalization._asdict(), "data_dir": str(Path(data_dir).resolve())}
-    backend = backend or make_backend(cfg, data_dir, num_tasks, run_dir.name)
+    backend = backend or make_backend(cfg, data_dir, num_tasks, run_name or run_dir.name)
     server = backend.make_server(cfg, 4, in_frames)  # in process, or the parameter-server actor
     server.lib.to(device)
     server.proposer.to(device)
@@ -203,14 +219,14 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
                    "wall_seconds": wall_before + time.perf_counter() - t_start}
             log.log(row)
             backend.observe_eval(row)
-            if report:
-                report(row)
         bar.set_postfix(loss=f"{stats['loss']:.2e}", acc_rate=f"{stats['accept_rate']:.2f}",
                         edge_acc=f"{last_eval.get('valid_edge_accuracy', float('nan')):.3f}", refresh=False)
         checkpointer.maybe_save(round_idx, last, lambda: {
             **server.state_dict(), "round": round_idx, "config": cfg.to_dict(), "meta": meta,
             "structures": torch.as_tensor(mirror), "temperature": list(temp),
             "wall_seconds": wall_before + time.perf_counter() - t_start})
+        if report and evaluator.due(round_idx, last):
+            report(row)
     bar.close()
     backend.close()
     summary = {"final_round": rounds, "train_loss": stats.get("grad_loss"), **last_eval,

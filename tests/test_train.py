@@ -7,6 +7,7 @@ import torch
 
 from nri_ray import config as C
 from nri_ray.distributed import LocalBackend, route, shard_ranges
+from nri_ray.errors import NriRayError
 from nri_ray.server import ParameterServer, flatten_params, pool_gradients
 from nri_ray.shard import ShardWorker
 from nri_ray.train import run, sample_batch
@@ -135,3 +136,18 @@ def test_heldout_split_windows():
     assert sa.shape[1] == 6 and grad.shape[1] == 4 and grad[0, 0, 0, 0] == 6
     same_sa, same_grad = split_windows(traj, "same", 4)
     assert same_sa.shape[1] == same_grad.shape[1] == 10
+
+
+def test_mutated_resume_changes_only_what_pbt_may_change(tmp_path, tiny_dataset):
+    run(tiny(rounds=3), tiny_dataset, tmp_path / "r", progress=False)
+    mutated = C.Config.from_dict(C.merge(TINY, {"train": {"rounds": 6, "lr": 1e-3}, "proposal": {"epsilon": 0.3}}))
+    with pytest.raises(NriRayError, match="train.lr"):  # a plain resume refuses the change
+        run(mutated, tiny_dataset, tmp_path / "r", resume=True, progress=False)
+    run(mutated, tiny_dataset, tmp_path / "r", resume=True, progress=False, mutate=True)
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["lr"]) for r in rows] == [(3, 3e-3), (6, 1e-3)]  # the optimizer took the new lr
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert state["config"]["proposal"]["epsilon"] == 0.3
+    bigger = C.Config.from_dict(C.merge(TINY, {"train": {"rounds": 9}, "model": {"edge_modules": 3}}))
+    with pytest.raises(NriRayError, match="model.edge_modules"):  # structure never mutates
+        run(bigger, tiny_dataset, tmp_path / "r", resume=True, progress=False, mutate=True)

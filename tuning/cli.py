@@ -1,0 +1,65 @@
+"""The `nri-ray sweep` command, registered through the `nri_ray.commands` entry point."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from nri_ray import config as C
+
+
+def register(sub) -> None:
+    """Add `sweep` to nri-ray's subcommands."""
+    from .spaces import SPACES
+    from .sweep import METRICS
+
+    p = sub.add_parser("sweep", help="Ray Tune sweep of training runs (module counts, annealing, ...)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--space", choices=sorted(SPACES), help="search space (tuning/spaces.py)")
+    p.add_argument("--data", help="dataset directory")
+    p.add_argument("--out", help="sweep directory to create (Tune experiment, results.csv, best_config.yaml)")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep")
+    p.add_argument("--num-samples", type=int, default=1, help="samples of the space (each grid point this often)")
+    p.add_argument("--scheduler", default="asha", choices=("asha", "pbt"),
+                   help="asha: early stopping; pbt: population-based training (mutates lr, epsilon, annealing)")
+    p.add_argument("--metric", default="valid_loss", choices=sorted(METRICS),
+                   help="what the scheduler optimizes: valid_loss is the meta-valid prediction MSE over the SA "
+                        "window (label-free), valid_mse_H the MSE H steps ahead, valid_edge_accuracy needs labels")
+    p.add_argument("--max-rounds", type=int, default=600, help="BounceGrad rounds per trial (at most)")
+    p.add_argument("--shards-per-trial", type=int, default=1, help="shard actors per trial")
+    p.add_argument("--driver-cpus", type=float, default=0.5, help="CPUs reserved for each trial's driver")
+    p.add_argument("--server-cpus", type=float, default=0.5, help="CPUs reserved for each trial's parameter server")
+    p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0 = as resources allow)")
+    p.add_argument("--grace-evals", type=int, default=2, help="ASHA: evaluations every trial gets before a cut")
+    p.add_argument("--perturbation-evals", type=int, default=2, help="PBT: evaluations between exploit/explore")
+    p.add_argument("--pbt-quantile", type=float, default=0.25,
+                   help="PBT: the bottom fraction of trials that copy one of the top fraction")
+    p.add_argument("--preset", default="small", choices=("small", "paper"), help="base config of every trial")
+    p.add_argument("--config", help="YAML or JSON base config (flags override it)")
+    C.add_config_flags(p)
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from nri_ray.errors import NriRayError
+
+    from .sweep import make_spec, resume_sweep, run_sweep
+
+    if args.resume:
+        summary = resume_sweep(args.resume, address=args.address or "")
+    else:
+        missing = [f for f, v in (("--space", args.space), ("--data", args.data), ("--out", args.out)) if not v]
+        if missing:
+            raise NriRayError(f"sweep: {', '.join(missing)} required (or --resume SWEEP_DIR)")
+        base = C.preset(args.preset)
+        if args.config:
+            base = C.merge(base, C.load_file(args.config))
+        base_cfg = C.config_from_flags(args, base)
+        spec = make_spec(space_name=args.space, data=args.data, base=base_cfg.to_dict(), num_samples=args.num_samples,
+                         scheduler_name=args.scheduler, max_rounds=args.max_rounds, metric=args.metric,
+                         shards_per_trial=args.shards_per_trial, driver_cpus=args.driver_cpus,
+                         server_cpus=args.server_cpus, max_concurrent=args.max_concurrent,
+                         grace_evals=args.grace_evals, perturbation_evals=args.perturbation_evals,
+                         pbt_quantile=args.pbt_quantile)
+        summary = run_sweep(spec, args.out, address=args.address or "")
+    print(json.dumps(summary, indent=2, default=str))
+    return 130 if summary["interrupted"] else (1 if summary["errors"] == summary["trials"] else 0)
