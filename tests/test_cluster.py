@@ -48,12 +48,12 @@ def cluster(tmp_path_factory):
     worker_tmp = tempfile.mkdtemp(prefix="rayw-", dir="/tmp")  # short: Unix socket paths have a length limit
     common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--num-gpus", "0", "--disable-usage-stats"]
     head = [RAY, "start", "--head", "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-            "--include-dashboard", "true", "--resources", '{"head_node": 1}', *common]
+            "--include-dashboard", "true", "--resources", '{"nri_server": 1}', *common]
     subprocess.run(head, env=env, check=True, capture_output=True, timeout=120)
     try:
         # A temp dir of its own: on one machine both nodes would otherwise unpack the job's
         # working_dir into the same path, and the second unpacking deletes the driver's cwd.
-        worker = [RAY, "start", "--address", f"127.0.0.1:{port}", "--resources", '{"worker_node": 1}',
+        worker = [RAY, "start", "--address", f"127.0.0.1:{port}", "--resources", '{"nri_shard": 1}',
                   "--temp-dir", worker_tmp, *common]
         subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
         deadline = time.time() + 60
@@ -119,3 +119,31 @@ def test_ray_job_submit_of_a_training(cluster, tiny_dataset, local_reference):
     assert "succeeded" in done.stdout.lower()
     assert "2 shard actors on 2 Ray node(s)" in done.stdout
     assert_same(state(local_reference), state(out))
+
+
+def test_entry_script_puts_shards_on_shard_nodes_and_the_server_on_the_head(cluster, tiny_dataset, local_reference):
+    # The head declares nri_server, the worker nri_shard (as cluster/*.yaml do); the script finds them.
+    out = cluster["tmp"] / "entry"
+    cmd = [sys.executable, str(ROOT / "cluster" / "train.py"), "--address", cluster["address"], "--data",
+           str(tiny_dataset), "--out", str(out), *FLAGS]
+    done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "added flags: --server-resource nri_server --shard-resource nri_shard" in done.stdout
+    assert "2 shard actors on 1 Ray node(s)" in done.stdout  # both on the worker
+    assert_same(state(local_reference), state(out))
+
+
+def test_sweep_entry_script_as_a_ray_job(cluster, tiny_dataset):
+    out = cluster["tmp"] / "sweep"
+    sweep = [sys.executable, "cluster/sweep.py", "--space", "annealing", "--num-samples", "2", "--data",
+             str(tiny_dataset), "--out", str(out), "--max-rounds", "6", "--eval-every", "3", "--edge-hidden", "16,16",
+             "--node-hidden", "16", "--proposal-hidden", "16", "--rollout", "4", "--meta-batch-size", "12",
+             "--eval-tasks", "8", "--eval-sa-steps", "2", "--threads", "1", "--driver-cpus", "0.25",
+             "--server-cpus", "0.25", "--cpus-per-shard", "0.5"]
+    cmd = [RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT), "--", *sweep]
+    done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout[-6000:], done.stderr[-3000:])
+    assert "added flags: --server-resource nri_server --shard-resource nri_shard" in done.stdout
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",TERMINATED," in r for r in rows[1:])
+    assert (out / "best_config.yaml").exists()
