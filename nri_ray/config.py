@@ -321,6 +321,7 @@ class TrainConfig(Section):
 
     rounds: int = param(2000, "BounceGrad rounds (one gradient step each)", check=at_least(0))
     meta_batch_size: int = param(128, "B, tasks per round", check=at_least(1))
+    train_tasks: int = param(0, "meta-train tasks used: the first N of the train split (0 = all)", check=at_least(0))
     sa_steps: int = param(1, "SA proposals per task per round (the authors: 1)", check=at_least(1))
     lr: float = param(1e-2, "Adam learning rate of the modules (published: 1e-2 springs, 1e-4 charged)",
                       check=positive)

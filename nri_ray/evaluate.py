@@ -17,7 +17,7 @@ import torch
 from . import plots
 from .data import Dataset
 from .errors import NriRayError
-from .infer import infer_structures, predict, prediction_mse
+from .infer import infer_structures, predict, prediction_mse, prediction_start
 from .io import atomic_write_text
 from .metrics import edge_accuracy
 from .train import load_run
@@ -45,7 +45,7 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
     k = cfg.model.edge_modules
     structures = inf.structures.cpu().numpy()
     # Prediction from frame 49 when the trajectory goes on (test split); else the window's end.
-    start = sa_frames if traj.shape[1] > sa_frames + 1 else max(0, traj.shape[1] - 21)
+    start = prediction_start(traj.shape[1], sa_frames)
     result = {
         "run": str(run_dir), "data": str(data_dir), "split": split, "tasks": count, "sa_steps": steps,
         "edge_accuracy": edge_accuracy(structures, part.labels, k),

@@ -132,3 +132,33 @@ def anchored_losses(lib: ModuleLibrary, trajectories: torch.Tensor, structures: 
     target = trajectories[:, frame.clamp(max=time - 1)]  # [tasks, anchors, steps, n, d]
     sq = ((pred - target) ** 2).mean(dim=(-1, -2))  # [tasks, anchors, steps]
     return (sq * valid).sum(dim=(1, 2)) / valid.sum()
+
+
+def soft_rollout(lib: ModuleLibrary, start: torch.Tensor, weights: torch.Tensor, steps: int) -> torch.Tensor:
+    """Rollout where every edge runs all K modules, mixed by per-edge weights (the NRI decoder).
+
+    Message of edge (s -> r): sum_k weights[g, e, k] * h_k([x_s; x_r]). Used by the NRI VAE baseline,
+    whose edge types are relaxed (Gumbel-softmax) while training; with one-hot weights it equals
+    `rollout` on the argmax structures.
+
+    Args:
+        start: `[graphs, nodes, dims]`.
+        weights: `[graphs, edges, modules]`.
+    Returns:
+        `[graphs, steps, nodes, dims]`.
+    """
+    graphs, n_nodes, dims = start.shape
+    senders, receivers = (torch.as_tensor(a, device=start.device) for a in edge_index(n_nodes))
+    incoming = incoming_edges(n_nodes).to(start.device)  # [nodes, n-1]
+    x = start  # [graphs, nodes, dims]
+    out = []
+    for _ in range(steps):  # the time loop
+        edge_in = torch.cat([x[:, senders], x[:, receivers]], dim=-1).reshape(-1, 2 * dims)  # [graphs*edges, 2d]
+        messages = sum(weights[..., k].reshape(-1, 1) * lib.edges(k, edge_in)
+                       for k in range(lib.num_edge_modules))  # [graphs * edges, message]
+        messages = messages.view(graphs, -1, messages.shape[-1])  # [graphs, edges, message]
+        aggregated = messages[:, incoming].sum(dim=2)  # [graphs, nodes, n-1, message] -> [graphs, nodes, message]
+        node_in = torch.cat([aggregated, x], dim=-1).reshape(graphs * n_nodes, -1)  # [graphs * nodes, msg + d]
+        x = x + lib.node(node_in).view(graphs, n_nodes, dims)
+        out.append(x)
+    return torch.stack(out, dim=1)

@@ -71,3 +71,9 @@ def prediction_mse(lib: ModuleLibrary, trajectories: torch.Tensor, structures: t
         return {}
     pred = predict(lib, trajectories, structures, start, steps)
     return horizon_mse(pred, trajectories[:, start + 1:start + 1 + steps], horizons)
+
+
+def prediction_start(frames: int, sa_frames: int) -> int:
+    """Frame predictions start from: 49 (the end of the observed window) when the trajectory goes
+    on past it (the test split), else 20 frames before its end."""
+    return sa_frames if frames > sa_frames + 1 else max(0, frames - 21)

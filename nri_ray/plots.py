@@ -91,3 +91,39 @@ def graphs(true_edges: np.ndarray, inferred_edges: np.ndarray, n_nodes: int, out
         ax.set_xlabel("receiver")
         ax.set_ylabel("sender")
     return _save(fig, out)
+
+
+def data_efficiency(points: dict, out: Path, title: str = "") -> Path:
+    """Edge accuracy (%) against meta-train tasks (log x), one line per method."""
+    fig, ax = _figure(figsize=(5.5, 4))
+    for method, rows in points.items():
+        ax.plot([p["train_tasks"] for p in rows], [100 * p["edge_accuracy"] for p in rows], "o-", label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("meta-train tasks")
+    ax.set_ylabel("edge accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title, fontsize=9)
+    return _save(fig, out)
+
+
+def find_node(observed: np.ndarray, recovered: np.ndarray, hidden: int, out: Path, title: str = "") -> Path:
+    """Figure-4 style: the visible particles' paths, the hidden particle's true and recovered paths.
+
+    Args:
+        observed: `[frames, nodes, dims]` (all particles, including the true hidden one).
+        recovered: `[frames, dims]` the recovered hidden particle.
+    """
+    fig, ax = _figure(figsize=(5, 5))
+    for j in range(observed.shape[1]):
+        if j != hidden:
+            ax.plot(observed[:, j, 0], observed[:, j, 1], color="0.6", lw=1)
+            ax.plot(observed[0, j, 0], observed[0, j, 1], "o", color="0.6", ms=4)
+    ax.plot(observed[:, hidden, 0], observed[:, hidden, 1], "-", color="C3", lw=2, label="hidden (true)")
+    ax.plot(recovered[:, 0], recovered[:, 1], "--", color="C0", lw=2, label="recovered")
+    ax.plot(observed[0, hidden, 0], observed[0, hidden, 1], "o", color="C3", ms=6)
+    ax.plot(recovered[0, 0], recovered[0, 1], "x", color="C0", ms=8)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, out)

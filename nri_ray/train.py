@@ -163,6 +163,10 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
 
     device = resolve_device(cfg.train.device)
     num_tasks = data.num_tasks("train")
+    if cfg.train.train_tasks:
+        if cfg.train.train_tasks > num_tasks:
+            raise NriRayError(f"train.train_tasks: {cfg.train.train_tasks}, but {data_dir} has {num_tasks} train tasks")
+        num_tasks = cfg.train.train_tasks
     frames = data.frames("train")
     if cfg.train.grad_split == "heldout" and frames - cfg.train.heldout_frames < 2:
         raise NriRayError(f"train.heldout_frames: {cfg.train.heldout_frames} leaves fewer than 2 of {frames} frames for SA")
