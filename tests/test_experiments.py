@@ -1,7 +1,6 @@
 """The experiment commands at a tiny scale: tables, data efficiency, find-node; baseline pieces."""
 import json
 
-import pytest
 import torch
 
 from nri_ray import baselines as B
