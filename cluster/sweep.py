@@ -14,6 +14,7 @@ import sys
 
 
 def bootstrap() -> None:
+    # The same in cluster/train.py and cluster/sweep.py on purpose: `ray submit` ships one file.
     try:
         import tuning.launch  # noqa: F401
     except ImportError:

@@ -101,7 +101,8 @@ class RayBackend:
                 context = ray.init(address=address, namespace=self.namespace)
             else:
                 cpus = max(os.cpu_count() or 1, int(cfg.train.num_shards * cfg.cluster.cpus_per_shard) + 1)
-                context = ray.init(num_cpus=cpus, namespace=self.namespace, dashboard_host="127.0.0.1",
+                # "local": always a new instance, even when a `ray start` cluster runs on this machine.
+                context = ray.init(address="local", num_cpus=cpus, namespace=self.namespace, dashboard_host="127.0.0.1",
                                    include_dashboard=True, log_to_driver=True)
                 self.owns_ray = True
             self.dashboard_url = getattr(context, "dashboard_url", None)

@@ -186,7 +186,7 @@ def _init_ray(address: str) -> None:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or None)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, dashboard_host="127.0.0.1", include_dashboard=True)
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, dashboard_host="127.0.0.1", include_dashboard=True)
 
 
 def run_sweep(spec: dict, out: str | Path, *, address: str = "") -> dict:
