@@ -111,3 +111,13 @@ def test_sweep_bad_input(tmp_path, tiny_dataset):
     bad = sweep("--resume", tmp_path)
     assert bad.returncode == 2 and "sweep.json" in bad.stderr
     assert not (tmp_path / "s").exists()  # nothing was started
+
+
+def test_pbt_exploration_stays_inside_the_mutation_domains():
+    from tuning.spaces import MUTATIONS
+
+    explore = S.clip_to_mutation_domains(MUTATIONS)
+    low = explore({"anneal": {"temp_factor": 0.93, "target0": 0.3}, "train": {"lr": 1.0}, "proposal": {"epsilon": 0.1}})
+    assert low["anneal"]["temp_factor"] == MUTATIONS["anneal"]["temp_factor"].lower  # >= 1: a valid config
+    assert low["train"]["lr"] == MUTATIONS["train"]["lr"].upper
+    assert low["anneal"]["target0"] == 0.3 and low["proposal"]["epsilon"] == 0.1  # inside: unchanged

@@ -113,6 +113,18 @@ def pbt_mutations(spec: dict) -> dict:
     return {k: v for k, v in MUTATIONS.items() if k not in sampled or not is_section_domain(sampled[k])}
 
 
+def clip_to_mutation_domains(mutations: dict):
+    """PBT's explore multiplies values by 0.8 or 1.2 past their domain (temp_factor 1.02 * 0.8 < 1
+    is invalid); this keeps every perturbed value inside the domain it was sampled from."""
+    def explore(config: dict) -> dict:
+        for section, fields in mutations.items():
+            for name, domain in fields.items():
+                if section in config and name in config[section] and hasattr(domain, "lower"):
+                    config[section][name] = min(max(config[section][name], domain.lower), domain.upper)
+        return config
+    return explore
+
+
 def param_space(spec: dict) -> dict:
     """The space; under PBT every mutated field is in it too (PBT perturbs only keys a config has)."""
     sampled = space(spec["space"])
@@ -125,7 +137,8 @@ def scheduler(spec: dict):
         return ASHAScheduler(time_attr="training_iteration", max_t=iterations,
                              grace_period=max(1, min(spec["grace_evals"], iterations)), reduction_factor=2)
     return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=spec["perturbation_evals"],
-                                   quantile_fraction=spec["pbt_quantile"], hyperparam_mutations=pbt_mutations(spec))
+                                   quantile_fraction=spec["pbt_quantile"], hyperparam_mutations=pbt_mutations(spec),
+                                   custom_explore_fn=clip_to_mutation_domains(pbt_mutations(spec)))
 
 
 def make_spec(*, space_name: str, data: str, base: dict, num_samples: int, scheduler_name: str, max_rounds: int,
