@@ -38,7 +38,7 @@ class MLP(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = torch.addmm(b, x, w)
             if i < last or self.final == "relu":
-                x = torch.relu(x)
+                x = x.relu_()  # in place: addmm's backward does not keep its output
         return x
 
 
@@ -64,7 +64,7 @@ class EdgeModules(nn.Module):
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = torch.addmm(b[k], x, w[k])
             if i < last or self.final == "relu":
-                x = torch.relu(x)
+                x = x.relu_()  # in place: addmm's backward does not keep its output
         return x
 
 
