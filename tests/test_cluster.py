@@ -147,3 +147,14 @@ def test_sweep_entry_script_as_a_ray_job(cluster, tiny_dataset):
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and all(",TERMINATED," in r for r in rows[1:])
     assert (out / "best_config.yaml").exists()
+
+
+def test_embedded_ray_starts_its_own_instance_beside_a_running_cluster(cluster, tiny_dataset, local_reference):
+    # No --address, no RAY_ADDRESS: a `ray start` cluster on the same machine must not be joined
+    # (ray.init(num_cpus=...) used to try, and fail with "When connecting to an existing cluster").
+    out = cluster["tmp"] / "embedded"
+    cmd = [str(BIN / "nri-ray"), "train", "--data", str(tiny_dataset), "--out", str(out), "--backend", "ray", *FLAGS]
+    done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Ray dashboard: http://127.0.0.1:" in done.stdout and cluster["dashboard"] not in done.stdout
+    assert_same(state(local_reference), state(out))
