@@ -71,6 +71,21 @@ class LocalBackend:
 log = logging.getLogger(__name__)
 
 
+def respawn(ray, dead, start):
+    """Kill `dead` (if it is not gone already) and return `start()`, retried while Ray still holds
+    the old actor's name (it is released once the old actor is dead)."""
+    try:
+        ray.kill(dead, no_restart=True)
+    except Exception:  # already gone
+        pass
+    for _attempt in range(50):
+        try:
+            return start()
+        except ValueError:
+            time.sleep(0.1)
+    return start()  # raises the name clash if it never cleared
+
+
 class RayBackend:
     """One Ray actor per shard, named `nri-shard-<i>` in the run's namespace.
 
@@ -149,16 +164,7 @@ class RayBackend:
         if self.failures > self.cfg.cluster.max_shard_failures:
             raise RuntimeError(f"shard {i}: {self.failures} shard failures, more than cluster.max_shard_failures")
         log.warning("shard %d died; replacing it and retrying its round (failure %d)", i, self.failures)
-        try:
-            self.ray.kill(self.shards[i], no_restart=True)
-        except Exception:  # already gone
-            pass
-        for attempt in range(50):  # the name is released once the old actor is dead
-            try:
-                self.shards[i] = self._start(i)
-                break
-            except ValueError:
-                time.sleep(0.1)
+        self.shards[i] = respawn(self.ray, self.shards[i], lambda: self._start(i))
         a, b = self.ranges[i]
         self.ray.get(self.shards[i].set_structures.remote(np.arange(a, b), structures[a:b]))
 
@@ -286,16 +292,7 @@ class RemoteServer:
             except self.ray.exceptions.RayActorError:
                 self.backend.failures += 1
                 log.warning("parameter server died; restoring it from the driver's copy of the last round")
-                try:
-                    self.ray.kill(self.actor, no_restart=True)
-                except Exception:
-                    pass
-                for _attempt in range(50):
-                    try:
-                        self.actor = self._start()
-                        break
-                    except ValueError:  # the old name is not released yet
-                        time.sleep(0.1)
+                self.actor = respawn(self.ray, self.actor, self._start)
                 self.ray.get(self.actor.load_state_dict.remote(self._state))
         raise RuntimeError("the parameter server kept dying")
 

@@ -148,10 +148,10 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
     state = checkpoint.load(run_dir) if resume else None
     if state is not None:
         check_resume_config(state["config"], cfg, run_dir, MUTABLE_ON_RESUME if mutate else frozenset())
-        for key, lr in (("opt_modules", cfg.train.lr), ("opt_proposal", cfg.proposal.proposal_lr)):
-            section, field = ("train", "lr") if key == "opt_modules" else ("proposal", "proposal_lr")
+        for optimizer, section, field in (("opt_modules", "train", "lr"), ("opt_proposal", "proposal", "proposal_lr")):
+            lr = getattr(getattr(cfg, section), field)
             if state["config"][section][field] != lr:  # a mutated lr replaces the saved one (and its plateau cuts)
-                for group in state[key]["param_groups"]:
+                for group in state[optimizer]["param_groups"]:
                     group["lr"] = lr
         if state["meta"]["n_balls"] != data.n_balls:
             raise NriRayError(f"--data {data_dir}: {data.n_balls} balls, the checkpoint was trained on "
