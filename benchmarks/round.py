@@ -3,12 +3,13 @@
 Defaults are the published configuration: 5 nodes, 49 frames, edge 8-256-256-256, node
 260-256-256-256-4, K = 2, B = 128, learned proposal, one SA step. Synthetic trajectories (the
 cost does not depend on the values). Reports the median seconds per round over `--repeats`
-rounds after `--warmup`, tasks per second, the round's FLOPs counted as REFERENCE.md 9 does
-(GNN forward of current and proposed structures, backward = 2x one forward, proposal network
-forward + backward = 3x its forward; the extra forward nri-ray spends to recompute the chosen
-structures with autograd is *not* counted, so efficiency is conservative), the achieved FLOP/s,
-and in the same run the FLOP/s of a plain `torch.matmul` of the round's largest GEMM shape
-([B * anchors * edges, 256] x [256, 256]) on the same device and dtype. Also peak memory.
+rounds after `--warmup`, tasks per second, the FLOPs the round must do, counted as REFERENCE.md 9
+does (GNN forward of current and proposed structures; backward = 2x one forward, of the kept
+structures; proposal network forward + backward = 3x its forward), the achieved FLOP/s, and in
+the same run the FLOP/s of a plain `torch.matmul` of the round's largest GEMM shape
+([B * anchors * edges, 256] x [256, 256]) on the same device and dtype. The efficiency is the
+ratio of the two. Only rollout steps that have a target are counted (and computed): the last
+anchor of 49 frames runs 8 steps, so 48 of REFERENCE's 50 steps per evaluation. Also peak memory.
 
     python benchmarks/round.py [--device cpu|cuda] [--batch 128] [--json FILE]
 """
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nri_ray import config as C  # noqa: E402
 from nri_ray.data import SplitWriter, build_meta, write_meta  # noqa: E402
+from nri_ray.engine import active_anchors  # noqa: E402
 from nri_ray.server import ParameterServer  # noqa: E402
 from nri_ray.shard import ShardWorker  # noqa: E402
 from nri_ray.train import sample_batch  # noqa: E402
@@ -43,8 +45,8 @@ def round_flops(cfg: C.Config, nodes: int, frames: int, batch: int) -> float:
     edges = nodes * (nodes - 1)
     edge = mlp_flops([8] + cfg.model.edge_widths)
     node = mlp_flops([cfg.model.edge_widths[-1] + 4] + cfg.model.node_widths + [4])
-    anchors = len(range(0, frames - 1, cfg.model.rollout))
-    evaluation = anchors * cfg.model.rollout * (edges * edge + nodes * node)  # one task, one structure
+    steps = sum(active_anchors(frames, cfg.model.rollout)[1])  # (anchor, step) pairs with a target
+    evaluation = steps * (edges * edge + nodes * node)  # one task, one structure
     h = cfg.proposal.proposal_hidden
     block = lambda n_in: mlp_flops([n_in, h, h])  # noqa: E731
     encoder = nodes * block(frames * 4) + edges * block(2 * h) + nodes * block(h) + edges * (block(3 * h) + 2 * h * 2)
@@ -83,7 +85,8 @@ def matmul_rate(rows: int, device: torch.device, repeats: int) -> float:
 
 
 def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> dict:
-    overrides = {"model": {"edge_modules": modules}, "train": {"meta_batch_size": batch, "device": device.type}}
+    overrides = {"model": {"edge_modules": modules},
+                 "train": {"meta_batch_size": batch, "device": device.type, "chunk_tasks": args.chunk_tasks}}
     cfg = C.Config.from_dict(C.merge(C.preset(args.preset), overrides))
     tasks = max(batch, 256)
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,6 +105,14 @@ def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> d
         sync(device)
         times.append(time.perf_counter() - t)
     seconds = statistics.median(times[args.warmup:])
+    if args.profile:  # one more round under the profiler: where the time goes, by operator
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            server.apply([shard.step(weights, len(times), sample_batch(0, len(times), tasks, batch), 1e-4)])
+            sync(device)
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=args.profile), flush=True)
     flops = round_flops(cfg, nodes, args.frames, batch)
     anchors = len(range(0, args.frames - 1, cfg.model.rollout))
     mm = matmul_rate(batch * anchors * nodes * (nodes - 1), device, 5)
@@ -120,9 +131,12 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=5)
     p.add_argument("--modules", type=int, default=2)
     p.add_argument("--frames", type=int, default=49)
+    p.add_argument("--chunk-tasks", type=int, default=0, help="train.chunk_tasks (0 = auto)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--sweep", action="store_true", help="also sweep B, nodes and K")
+    p.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                   help="print the top ROWS operators of one extra round (torch.profiler)")
     p.add_argument("--json", help="write results here")
     args = p.parse_args()
     device = torch.device(args.device)

@@ -343,6 +343,8 @@ class TrainConfig(Section):
                                "backend, 1 with the local backend)", check=at_least(0))
     device: str = param("auto", "auto (cuda when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
     threads: int = param(0, "torch intra-op threads (0 = torch default)", check=at_least(0))
+    chunk_tasks: int = param(0, "tasks per SA + gradient chunk of a shard's round (0 = auto: the activations kept "
+                             "for the backward stay under 256 MB)", check=at_least(0))
     seed: int = param(0, "seed of module init, structures, proposals and batches", check=at_least(0))
 
 

@@ -26,10 +26,13 @@ from . import rng
 from .annealing import anneal_step
 from .config import Config
 from .data import Dataset
-from .gnn import anchored_losses
+from .engine import Tape, Workspace
 from .metrics import confusion
 from .proposal import proposal_loss, propose_learned, propose_uniform
 from .server import Weights, build_models, flatten_grads, unflatten_into
+
+
+TAPE_BUDGET_BYTES = 256 << 20  # activations kept per chunk; more tasks per chunk barely speed up CPU matmuls
 
 
 class ShardReport(NamedTuple):
@@ -99,6 +102,11 @@ class ShardWorker:
         self.proposer.to(self.device)
         self.n_edges = n_nodes * (n_nodes - 1)
         self.structures = initial_structures(cfg.train.seed, self.task_ids, self.n_edges, cfg.model.edge_modules)
+        # The round's rollouts run on tapes (engine.py) whose buffers live as long as the shard.
+        workspace = Workspace(self.device)
+        grad_frames = split_windows(self.trajectories[:1], cfg.train.grad_split, cfg.train.heldout_frames)[1].shape[1]
+        self.sa_tape = Tape(self.lib, n_nodes, sa.shape[1], cfg.model.rollout, workspace)
+        self.grad_tape = Tape(self.lib, n_nodes, grad_frames, cfg.model.rollout, workspace)
 
     def __repr__(self) -> str:
         # Ray prefixes an actor's log lines with its repr: make them carry the shard id.
@@ -122,6 +130,51 @@ class ShardWorker:
         edge_u = rng.uniform(seed, ids, round_idx, rng.EDGES + shift, self.n_edges)
         return propose_learned(probs, current, self.cfg.proposal.epsilon, node_u, edge_u)
 
+    def chunk_tasks(self, tasks: int) -> int:
+        """Tasks per SA + gradient chunk: `train.chunk_tasks`, or as many as keep the tape under its budget."""
+        if self.cfg.train.chunk_tasks:
+            return self.cfg.train.chunk_tasks
+        rows = (1 + self.cfg.train.sa_steps) * self.sa_tape.bytes_per_row()  # current + proposals of one task
+        return max(1, min(tasks, TAPE_BUDGET_BYTES // rows))
+
+    def _anneal_and_backward(self, sa_traj, grad_traj, current, probs, ids, round_idx, temperature, counts):
+        """SA steps for a chunk of tasks, recorded on the tape, then the module gradient of the kept structures.
+
+        Returns (kept structures `[c, edges]`, their SA losses `[c]`, the losses the gradient was taken of `[c]`);
+        adds (accepted, worse, worse accepted) to `counts` and the gradient to the modules' `.grad`.
+        """
+        cfg = self.cfg
+        c = current.shape[0]
+        rows = torch.arange(c, device=self.device)
+        tape = self.sa_tape
+        tape.reset((1 + cfg.train.sa_steps) * c)
+        chosen, chosen_loss = current, None
+        source_eval = torch.zeros(c, dtype=torch.long, device=self.device)  # where each kept structure was recorded
+        source_row = rows.clone()
+        for step in range(cfg.train.sa_steps):
+            proposed = self._propose(probs, chosen, ids, round_idx, step)
+            if chosen_loss is None:  # current and proposed structures of every task in one batched pass
+                both = tape.record(sa_traj, torch.cat([chosen, proposed]), torch.cat([rows, rows]))  # [2c]
+                chosen_loss, loss_prop = both.chunk(2)
+                proposed_row = rows + c
+            else:  # the weights are fixed within a round, so the current loss is known
+                loss_prop = tape.record(sa_traj, proposed, rows)
+                proposed_row = rows
+            accept_u = rng.uniform(cfg.train.seed, ids, round_idx, rng.ACCEPT + rng.STEP_STRIDE * step, 1)[:, 0]
+            sa = anneal_step(chosen, chosen_loss, proposed, loss_prop, temperature, accept_u)
+            chosen, chosen_loss = sa.structures, sa.losses
+            source_eval = torch.where(sa.accepted, step, source_eval)
+            source_row = torch.where(sa.accepted, proposed_row, source_row)
+            counts += torch.stack([sa.accepted.sum(), sa.worse.sum(), (sa.worse & sa.accepted).sum()])  # stays on the device
+        if cfg.train.grad_split == "same":  # the gradient pass, from the SA activations of the kept structures
+            tape.backward(sa_traj, chosen, source_eval, source_row)
+            return chosen, chosen_loss, chosen_loss
+        tape = self.grad_tape  # heldout: SA chose on the first frames, the gradient is of the held-out ones
+        tape.reset(c)
+        grad_loss = tape.record(grad_traj, chosen, rows)
+        tape.backward(grad_traj, chosen, torch.zeros_like(source_eval), rows)
+        return chosen, chosen_loss, grad_loss
+
     def step(self, weights: Weights, round_idx: int, task_ids, temperature: float) -> ShardReport:
         """One BounceGrad round for `task_ids` (all owned by this shard)."""
         t0 = time.perf_counter()
@@ -135,42 +188,33 @@ class ShardWorker:
         learned = cfg.proposal.proposal == "learned"
         self.proposer.zero_grad(set_to_none=True)
         logits = self.proposer(sa_traj) if learned else None  # one forward serves proposals and training
+        self.lib.zero_grad(set_to_none=True)
         with torch.no_grad():
             probs = torch.softmax(logits.detach(), dim=-1) if learned else None
-            accepted = worse = worse_accepted = 0
-            chosen, chosen_loss = current, None
-            for step in range(cfg.train.sa_steps):
-                proposed = self._propose(probs, chosen, ids, round_idx, step)
-                if chosen_loss is None:  # current and proposed structures of every task in one batched pass
-                    both = anchored_losses(self.lib, torch.cat([sa_traj, sa_traj]), torch.cat([chosen, proposed]),
-                                           cfg.model.rollout)  # [2 * tasks]
-                    chosen_loss, loss_prop = both.chunk(2)
-                else:  # the weights are fixed within a round, so the current loss is known
-                    loss_prop = anchored_losses(self.lib, sa_traj, proposed, cfg.model.rollout)
-                accept_u = rng.uniform(cfg.train.seed, ids, round_idx, rng.ACCEPT + rng.STEP_STRIDE * step, 1)[:, 0]
-                sa = anneal_step(chosen, chosen_loss, proposed, loss_prop, temperature, accept_u)
-                chosen, chosen_loss = sa.structures, sa.losses
-                accepted = accepted + sa.accepted.sum()  # stays on the device: one sync per round
-                worse = worse + sa.worse.sum()
-                worse_accepted = worse_accepted + (sa.worse & sa.accepted).sum()
+            counts = torch.zeros(3, dtype=torch.long, device=self.device)  # accepted, worse, worse accepted
+            chosen, chosen_loss, grad_loss = torch.empty_like(current), torch.empty(len(ids), device=self.device), \
+                torch.empty(len(ids), device=self.device)
+            size = self.chunk_tasks(len(ids))
+            for lo in range(0, len(ids), size):  # chunks bound the activations kept for the backward
+                part = slice(lo, lo + size)
+                chosen[part], chosen_loss[part], grad_loss[part] = self._anneal_and_backward(
+                    sa_traj[part], grad_traj[part], current[part], None if probs is None else probs[part],
+                    ids[part], round_idx, temperature, counts)
         self.structures[idx] = chosen.to(torch.int8)
-        # The gradient pass, once, on the chosen structures only.
-        self.lib.zero_grad(set_to_none=True)
-        grad_losses = anchored_losses(self.lib, grad_traj, chosen, cfg.model.rollout)
-        grad_losses.sum().backward()
         if learned:
             prop_losses = proposal_loss(logits, chosen)
             prop_losses.sum().backward()
             prop_sum = float(prop_losses.detach().sum())
         else:
             prop_sum = 0.0
+        accepted, worse, worse_accepted = counts.tolist()  # the round's one sync
         changed = (chosen != current).any(dim=1)
         labels = self.labels[idx.cpu().numpy()]
         return ShardReport(
             shard_id=self.shard_id, round_idx=round_idx,
             module_grad=flatten_grads(self.lib), proposal_grad=flatten_grads(self.proposer),
-            tasks=len(ids), loss_sum=float(chosen_loss.sum()), grad_loss_sum=float(grad_losses.detach().sum()),
-            proposal_loss_sum=prop_sum, proposals=len(ids) * cfg.train.sa_steps, accepted=int(accepted), worse=int(worse), worse_accepted=int(worse_accepted),
+            tasks=len(ids), loss_sum=float(chosen_loss.sum()), grad_loss_sum=float(grad_loss.sum()),
+            proposal_loss_sum=prop_sum, proposals=len(ids) * cfg.train.sa_steps, accepted=accepted, worse=worse, worse_accepted=worse_accepted,
             changed_ids=ids[changed].cpu().numpy(),
             changed_structures=chosen[changed].to(torch.int8).cpu().numpy(),
             confusion=confusion(chosen.cpu().numpy(), labels, cfg.model.edge_modules),
