@@ -53,24 +53,30 @@ class Layout(NamedTuple):
     """Edges of G = anchors * rows graphs grouped by (module, anchor); see the module docstring.
 
     Shape:
-        send, recv: `[G * edges]` flat node ids (graph g's nodes are g*n .. g*n+n-1), grouped order.
+        recv: `[G * edges]` flat receiver node id (graph g's nodes are g*n .. g*n+n-1), grouped order.
         position: `[G * edges]` grouped position of each canonical edge (graph-major, then sender-major).
         incoming: `[G * nodes * (n-1)]` grouped positions of each receiver's incoming edges.
+        pair: `[G * edges * 2 * dims]` flat positions in the state `[G * nodes, dims]` of each grouped
+            edge's input [x_send; x_recv] (one gather builds every edge input).
+        spread: `[G * nodes * 2 (n-1) * dims]` flat positions in the edge-input gradient
+            `[G * edges, 2 * dims]` of each node's sender halves (its n-1 outgoing edges), then its
+            receiver halves (n-1 incoming): summing them gives the node's gradient.
         blocks: per module, (start, rows live at step 0, 1, ..): module k owns rows
             [start, start + live[t]) at step t.
         graphs: live graphs per step (a prefix of the anchor-major graph order).
     """
 
     rows: int
-    send: torch.Tensor
     recv: torch.Tensor
     position: torch.Tensor
     incoming: torch.Tensor
+    pair: torch.Tensor
+    spread: torch.Tensor
     blocks: tuple[tuple[int, tuple[int, ...]], ...]
     graphs: tuple[int, ...]
 
 
-def make_layout(structures: torch.Tensor, n_nodes: int, num_modules: int, live: tuple[int, ...]) -> Layout:
+def make_layout(structures: torch.Tensor, n_nodes: int, dims: int, num_modules: int, live: tuple[int, ...]) -> Layout:
     """Group the edges of `[rows, edges]` structures, rolled out from len(anchors) anchors each."""
     device = structures.device
     rows, n_edges = structures.shape
@@ -93,8 +99,13 @@ def make_layout(structures: torch.Tensor, n_nodes: int, num_modules: int, live: 
     recv = (offsets + receivers).reshape(-1)[order]
     inc = incoming_edges(n_nodes).to(device)  # [nodes, n-1] canonical edge ids
     canonical_in = (torch.arange(graphs, device=device).view(-1, 1, 1) * n_edges + inc).reshape(-1)
-    return Layout(rows, send, recv, position, position[canonical_in], tuple(blocks),
-                  tuple(a * rows for a in live))
+    incoming = position[canonical_in]  # [G * nodes * (n-1)]
+    dim = torch.arange(dims, device=device)
+    pair = (torch.stack([send, recv], dim=1).unsqueeze(-1) * dims + dim).reshape(-1)  # [G * edges, 2, dims] flat
+    outgoing = position.view(graphs * n_nodes, n_nodes - 1)  # canonical order is sender-major
+    halves = torch.cat([outgoing * (2 * dims), incoming.view(-1, n_nodes - 1) * (2 * dims) + dims], dim=1)
+    spread = (halves.unsqueeze(-1) + dim).reshape(-1)  # [G * nodes, 2 (n-1), dims] flat
+    return Layout(rows, recv, position, incoming, pair, spread, tuple(blocks), tuple(a * rows for a in live))
 
 
 class Workspace:
@@ -189,7 +200,7 @@ class Tape:
             `[S]` losses (as `gnn.anchored_losses`).
         """
         n, d = self.n, self.dims
-        layout = make_layout(structures, n, self.lib.num_edge_modules, self.live)
+        layout = make_layout(structures, n, d, self.lib.num_edge_modules, self.live)
         S = layout.rows
         e0, n0 = self._edge_used, self._node_used
         R, N = len(self.anchors) * S * self.edges, len(self.anchors) * S * n
@@ -207,8 +218,7 @@ class Tape:
                 break  # no anchor has a target this far (fewer frames than one rollout)
             rows_n = graphs * n
             edge_in = self.edge_in[t, e0:e0 + R]  # [R, 2d]
-            edge_in[:, :d] = x[layout.send]
-            edge_in[:, d:] = x[layout.recv]
+            torch.index_select(x.view(-1), 0, layout.pair, out=edge_in.view(-1))  # [x_send; x_recv] per edge
             outs = [o[t, e0:e0 + R] for o in self.edge_out]  # per layer [R, width]
             for k, (start, live) in enumerate(layout.blocks):  # the K modules
                 stop = start + live[t]
@@ -224,8 +234,9 @@ class Tape:
             node_in = self.node_in[t, n0:n0 + rows_n]  # [rows_n, message + d]
             m = messages.shape[1]
             # Receiver-major gather [rows_n, n-1, message], summed over the n-1 incoming edges.
-            incoming = layout.incoming[: rows_n * (n - 1)]
-            torch.sum(messages[incoming].view(rows_n, n - 1, m), dim=1, out=node_in[:, :m])
+            per_receiver = self.ws.get("per_receiver", rows_n * (n - 1), m)
+            torch.index_select(messages, 0, layout.incoming[: rows_n * (n - 1)], out=per_receiver)
+            torch.sum(per_receiver.view(rows_n, n - 1, m), dim=1, out=node_in[:, :m])
             node_in[:, m:] = x[:rows_n]
             h = node_in
             for l, (w, b) in enumerate(zip(self.lib.node.weights, self.lib.node.biases)):
@@ -271,7 +282,7 @@ class Tape:
         """
         lib, n, d, E = self.lib, self.n, self.dims, self.edges
         c = structures.shape[0]
-        layout = make_layout(structures, n, lib.num_edge_modules, self.live)
+        layout = make_layout(structures, n, d, lib.num_edge_modules, self.live)
         edge_src, node_src = self._sources(structures, source_eval, source_row, layout)
         _, targets = self._targets(trajectories, torch.arange(c, device=structures.device))
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in lib.parameters()]
@@ -344,7 +355,5 @@ class Tape:
             if t == 0:
                 break  # the first step's input is data
             # Edge inputs [x_send; x_recv] back to nodes: sum over each node's n-1 outgoing, then incoming, edges.
-            d_in = d_edge[0]  # [R, 2d]
-            outgoing = layout.position[: graphs * E]  # canonical order is sender-major: [rows_n * (n-1)]
-            dx[:rows_n] += d_in[outgoing, :d].view(rows_n, n - 1, d).sum(dim=1)
-            dx[:rows_n] += d_in[layout.incoming[: rows_n * (n - 1)], d:].view(rows_n, n - 1, d).sum(dim=1)
+            halves = d_edge[0].view(-1)[layout.spread[: rows_n * 2 * (n - 1) * d]]  # [rows_n * 2 (n-1) * d]
+            dx[:rows_n] += halves.view(rows_n, 2 * (n - 1), d).sum(dim=1)
