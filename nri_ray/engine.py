@@ -169,9 +169,14 @@ class Tape:
         return len(self.anchors) * self.rollout * per_step * torch.finfo(self.ws.dtype).bits // 8
 
     # -- buffers: [steps, rows, width] per layer; rows = capacity over all evaluations of a chunk --
-    def reset(self, rows: int) -> None:
-        """Start a chunk whose evaluations hold `rows` structure rows in all."""
-        A, r, n, d = len(self.anchors), self.rollout, self.n, self.dims
+    def reset(self, rows: int, keep: bool = True) -> None:
+        """Start a chunk whose evaluations hold `rows` structure rows in all.
+
+        keep=False: losses only (no `backward`); every step reuses one step's buffers.
+        """
+        A, n, d = len(self.anchors), self.n, self.dims
+        self.keep = keep
+        r = self.rollout if keep else 1
         self.edge_cap, self.node_cap = rows * A * self.edges, rows * A * n
         self.edge_in = self.ws.get("edge_in", r, self.edge_cap, 2 * d)
         self.edge_out = [self.ws.get(f"edge_{l}", r, self.edge_cap, w) for l, w in enumerate(self.edge_widths)]
@@ -217,9 +222,10 @@ class Tape:
             if graphs == 0:
                 break  # no anchor has a target this far (fewer frames than one rollout)
             rows_n = graphs * n
-            edge_in = self.edge_in[t, e0:e0 + R]  # [R, 2d]
+            slot = t if self.keep else 0
+            edge_in = self.edge_in[slot, e0:e0 + R]  # [R, 2d]
             torch.index_select(x.view(-1), 0, layout.pair, out=edge_in.view(-1))  # [x_send; x_recv] per edge
-            outs = [o[t, e0:e0 + R] for o in self.edge_out]  # per layer [R, width]
+            outs = [o[slot, e0:e0 + R] for o in self.edge_out]  # per layer [R, width]
             for k, (start, live) in enumerate(layout.blocks):  # the K modules
                 stop = start + live[t]
                 if stop == start:
@@ -231,7 +237,7 @@ class Tape:
                     if self.edge_relu[l]:
                         h.relu_()
             messages = outs[-1]  # [R, message]
-            node_in = self.node_in[t, n0:n0 + rows_n]  # [rows_n, message + d]
+            node_in = self.node_in[slot, n0:n0 + rows_n]  # [rows_n, message + d]
             m = messages.shape[1]
             # Receiver-major gather [rows_n, n-1, message], summed over the n-1 incoming edges.
             per_receiver = self.ws.get("per_receiver", rows_n * (n - 1), m)
@@ -240,7 +246,7 @@ class Tape:
             node_in[:, m:] = x[:rows_n]
             h = node_in
             for l, (w, b) in enumerate(zip(self.lib.node.weights, self.lib.node.biases)):
-                out = self.node_out[l][t, n0:n0 + rows_n]
+                out = self.node_out[l][slot, n0:n0 + rows_n]
                 torch.addmm(b, h, w, out=out)
                 h = out
                 if self.node_relu[l]:
@@ -280,6 +286,8 @@ class Tape:
             structures: `[c, edges]` the kept structures.
             source_eval, source_row: `[c]` which recorded evaluation, and which row of it, each came from.
         """
+        if not self.keep:
+            raise RuntimeError("Tape.backward needs the activations: reset(rows, keep=True) before recording")
         lib, n, d, E = self.lib, self.n, self.dims, self.edges
         c = structures.shape[0]
         layout = make_layout(structures, n, d, lib.num_edge_modules, self.live)
@@ -357,3 +365,14 @@ class Tape:
             # Edge inputs [x_send; x_recv] back to nodes: sum over each node's n-1 outgoing, then incoming, edges.
             halves = d_edge[0].view(-1)[layout.spread[: rows_n * 2 * (n - 1) * d]]  # [rows_n * 2 (n-1) * d]
             dx[:rows_n] += halves.view(rows_n, 2 * (n - 1), d).sum(dim=1)
+
+
+def losses(lib: ModuleLibrary, trajectories: torch.Tensor, structures: torch.Tensor, rollout: int,
+           workspace: Workspace | None = None) -> torch.Tensor:
+    """`[tasks]` losses of `[tasks, edges]` structures on `[tasks, time, nodes, dims]` trajectories,
+    as `gnn.anchored_losses` computes them, without autograd (SA at meta-test time)."""
+    tasks, frames, n_nodes, _ = trajectories.shape
+    workspace = workspace or Workspace(trajectories.device, trajectories.dtype)
+    tape = Tape(lib, n_nodes, frames, rollout, workspace)
+    tape.reset(tasks, keep=False)
+    return tape.record(trajectories, structures, torch.arange(tasks, device=trajectories.device))

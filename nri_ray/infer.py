@@ -14,7 +14,8 @@ import torch
 
 from . import rng
 from .annealing import anneal_step
-from .gnn import anchored_losses, rollout
+from . import engine
+from .gnn import rollout
 from .metrics import horizon_mse
 from .modules import ModuleLibrary
 from .proposal import ProposalNet, propose_learned
@@ -37,17 +38,18 @@ def infer_structures(lib: ModuleLibrary, proposer: ProposalNet, trajectories: to
                      seed: int, batch_size: int = 512) -> Inference:
     """SA structure inference for `[tasks, time, nodes, dims]` trajectories, in task batches."""
     out = []
+    workspace = engine.Workspace(trajectories.device, trajectories.dtype)  # rollout buffers shared by every batch and step
     for a in range(0, trajectories.shape[0], batch_size):
         window = trajectories[a:a + batch_size, :sa_frames]  # [batch, frames, nodes, dims]
         ids = task_ids[a:a + batch_size]
         probs = torch.softmax(proposer(window), dim=-1)  # [batch, edges, modules]
         first = probs.argmax(dim=-1)
-        current, loss = first, anchored_losses(lib, window, first, rollout_steps)
+        current, loss = first, engine.losses(lib, window, first, rollout_steps, workspace)
         for step in range(steps):
             node_u = rng.uniform(seed, ids, step, _INFER_NODE, 1)[:, 0]
             edge_u = rng.uniform(seed, ids, step, _INFER_EDGES, current.shape[1])
             proposed = propose_learned(probs, current, epsilon, node_u, edge_u)
-            proposed_loss = anchored_losses(lib, window, proposed, rollout_steps)
+            proposed_loss = engine.losses(lib, window, proposed, rollout_steps, workspace)
             accept_u = rng.uniform(seed, ids, step, _INFER_ACCEPT, 1)[:, 0]
             current, loss, _, _ = anneal_step(current, loss, proposed, proposed_loss, temperature, accept_u)
         out.append(Inference(current, first, loss))

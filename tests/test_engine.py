@@ -5,6 +5,7 @@ import torch
 
 from nri_ray import config as C
 from nri_ray.engine import Tape, Workspace, active_anchors
+from nri_ray.engine import losses as engine_losses
 from nri_ray.gnn import anchored_losses
 from nri_ray.modules import ModuleLibrary
 from nri_ray.server import ParameterServer
@@ -111,3 +112,18 @@ def test_chunk_size_changes_only_float_summation_order(tiny_dataset):
         assert (report.accepted, report.worse, report.worse_accepted) == (
             reports[0].accepted, reports[0].worse, reports[0].worse_accepted)
         np.testing.assert_allclose(report.module_grad, reports[0].module_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_losses_without_a_tape_equal_autograd_losses_and_refuse_backward():
+    g = torch.Generator().manual_seed(3)
+    lib = ModuleLibrary(2, 4, [16, 16], [16], seed=4).double()
+    traj = torch.randn(7, 49, 5, 4, generator=g, dtype=torch.float64)
+    structures = torch.randint(0, 2, (7, 20), generator=g)
+    ws = Workspace(torch.device("cpu"), torch.float64)
+    got = engine_losses(lib, traj, structures, 10, ws)
+    torch.testing.assert_close(got, anchored_losses(lib, traj, structures, 10), rtol=1e-12, atol=1e-14)
+    tape = Tape(lib, 5, 49, 10, ws)
+    tape.reset(7, keep=False)
+    tape.record(traj, structures, torch.arange(7))
+    with pytest.raises(RuntimeError, match="keep=True"):
+        tape.backward(traj, structures, torch.zeros(7, dtype=torch.long), torch.arange(7))
