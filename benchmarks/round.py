@@ -70,23 +70,29 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_rate(rows: int, device: torch.device, repeats: int, preallocated: bool = False) -> float:
-    """FLOP/s of [rows, 256] x [256, 256]: plain torch.matmul, or into a preallocated output (no allocation)."""
-    a = torch.randn(rows, 256, device=device)
-    b = torch.randn(256, 256, device=device)
-    out = torch.empty(rows, 256, device=device)
-    run = (lambda: torch.mm(a, b, out=out)) if preallocated else (lambda: torch.matmul(a, b))
-    for _ in range(3):
-        run()
-    sync(device)
-    times = []
-    for _ in range(repeats):
+class Matmul:
+    """[rows, 256] x [256, 256] on `device`: plain torch.matmul, or into a preallocated output (no allocation)."""
+
+    def __init__(self, rows: int, device: torch.device, preallocated: bool):
+        self.rows, self.device = rows, device
+        a, b = torch.randn(rows, 256, device=device), torch.randn(256, 256, device=device)
+        out = torch.empty(rows, 256, device=device)
+        self.run = (lambda: torch.mm(a, b, out=out)) if preallocated else (lambda: torch.matmul(a, b))
+        self.seconds: list[float] = []
+        self.burst()  # warm-up
+
+    def burst(self) -> None:
+        """Time a few calls (about 5 GFLOP, 2 to 10 calls); keeps seconds per call."""
+        calls = max(2, min(10, int(5e9 / (2 * self.rows * 256 * 256))))
+        sync(self.device)
         t = time.perf_counter()
-        for _ in range(10):
-            run()
-        sync(device)
-        times.append((time.perf_counter() - t) / 10)
-    return 2 * rows * 256 * 256 / statistics.median(times)
+        for _ in range(calls):
+            self.run()
+        sync(self.device)
+        self.seconds.append((time.perf_counter() - t) / calls)
+
+    def rate(self) -> float:
+        return 2 * self.rows * 256 * 256 / statistics.median(self.seconds[1:])
 
 
 def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> dict:
@@ -99,6 +105,15 @@ def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> d
         shard = ShardWorker(0, tmp, 0, tasks, cfg, device.type)
     server = ParameterServer(cfg, 4, args.frames)
     weights = server.weights()
+    # The round's GEMMs run chunk by chunk (ShardWorker.chunk_tasks): the largest is one module's share
+    # of a chunk's SA forward (current + proposed). Reference: a plain torch.matmul of that shape. Stricter:
+    # the best rate of that shape and of the whole batch's, each plain and into a preallocated output.
+    # The matmuls are timed between the rounds, so that both medians come from the same minutes.
+    anchors = len(active_anchors(args.frames, cfg.model.rollout)[0])
+    chunk = shard.chunk_tasks(batch)
+    largest = 2 * chunk * anchors * nodes * (nodes - 1) // modules
+    whole = batch * anchors * nodes * (nodes - 1)
+    matmuls = [Matmul(rows, device, pre) for rows in (largest, whole) for pre in (False, True)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
@@ -109,6 +124,8 @@ def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> d
         weights = server.apply([shard.step(weights, r, ids, 1e-4)])
         sync(device)
         times.append(time.perf_counter() - t)
+        for m in matmuls:
+            m.burst()
     seconds = statistics.median(times[args.warmup:])
     if args.profile:  # one more round under the profiler: where the time goes, by operator
         from torch.profiler import ProfilerActivity, profile
@@ -119,22 +136,27 @@ def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> d
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=args.profile), flush=True)
     flops = round_flops(cfg, nodes, args.frames, batch)
-    anchors = len(range(0, args.frames - 1, cfg.model.rollout))
-    # The round's GEMMs run chunk by chunk (ShardWorker.chunk_tasks): the largest is one module's share
-    # of a chunk's SA forward (current + proposed). Reference: a plain torch.matmul of that shape. Stricter:
-    # the best rate of that shape and of the whole batch's, with a preallocated output as the round has.
-    chunk = shard.chunk_tasks(batch)
-    largest = 2 * chunk * anchors * nodes * (nodes - 1) // modules
-    whole = batch * anchors * nodes * (nodes - 1)
-    mm = matmul_rate(largest, device, 5)
-    best = max([mm] + [matmul_rate(r, device, 5, prealloc) for r, prealloc in
-                       ((largest, True), (whole, False), (whole, True))])
+    mm = matmuls[0].rate()
+    best = max(m.rate() for m in matmuls)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     return {"device": device.type, "batch": batch, "nodes": nodes, "edge_modules": modules,
             "chunk_tasks": chunk, "matmul_rows": largest, "seconds_per_round": seconds, "tasks_per_second": batch / seconds,
             "round_flops": flops, "achieved_flops_per_s": flops / seconds, "matmul_flops_per_s": mm,
             "efficiency": flops / seconds / mm, "matmul_best_flops_per_s": best, "efficiency_strict": flops / seconds / best,
             "peak_memory_bytes": peak, "round_seconds_all": times}
+
+
+def markdown(runs: list[dict]) -> str:
+    """The runs as the Markdown table of benchmarks/README.md."""
+    lines = ["| device | B | nodes | K | chunk | s / round | tasks / s | round GFLOP | achieved GFLOP/s "
+             "| matmul GFLOP/s (plain, round's largest GEMM) | efficiency | best matmul GFLOP/s | strict efficiency |",
+             "| --- " * 13 + "|"]
+    for r in runs:
+        lines.append(f"| {r['device']} | {r['batch']} | {r['nodes']} | {r['edge_modules']} | {r['chunk_tasks']} "
+                     f"| {r['seconds_per_round']:.3f} | {r['tasks_per_second']:.0f} | {r['round_flops'] / 1e9:.0f} "
+                     f"| {r['achieved_flops_per_s'] / 1e9:.1f} | {r['matmul_flops_per_s'] / 1e9:.1f} | {r['efficiency']:.2f} "
+                     f"| {r['matmul_best_flops_per_s'] / 1e9:.1f} | {r['efficiency_strict']:.2f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -173,6 +195,8 @@ def main() -> None:
               f"{r['achieved_flops_per_s'] / 1e9:8.1f} GFLOP/s  matmul {r['matmul_flops_per_s'] / 1e9:8.1f} GFLOP/s  "
               f"efficiency {r['efficiency']:.2f}  (best matmul {r['matmul_best_flops_per_s'] / 1e9:.1f}: "
               f"{r['efficiency_strict']:.2f})", flush=True)
+    print()
+    print(markdown(results["runs"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
