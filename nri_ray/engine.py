@@ -134,6 +134,11 @@ class _Recorded(NamedTuple):
     node_offset: int  # first node row
 
 
+def _per_module(stacked) -> list[list[torch.Tensor]]:
+    """`[layer][module]` views of stacked `[modules, ...]` tensors."""
+    return [list(t.unbind(0)) for t in stacked]
+
+
 def _relu_backward_(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """grad *= (output > 0), in place (output is the ReLU's output)."""
     return torch.ops.aten.threshold_backward.grad_input(grad, output, 0.0, grad_input=grad)
@@ -216,7 +221,7 @@ class Tape:
         x, targets = self._targets(trajectories, task_rows)  # x: [G * n, d] state, updated in place
         x = x.contiguous()
         graph_loss = torch.zeros(layout.graphs[0], dtype=x.dtype, device=x.device)  # [G] summed squared errors per graph
-        ew, eb = self.lib.edges.weights, self.lib.edges.biases
+        ew, eb = _per_module(self.lib.edges.weights), _per_module(self.lib.edges.biases)  # [layer][module] views
         for t in range(self.rollout):  # the time loop: each step depends on the previous one
             graphs = layout.graphs[t]
             if graphs == 0:
@@ -296,9 +301,9 @@ class Tape:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in lib.parameters()]
         for p, g in zip(lib.parameters(), grads):
             p.grad = g
-        ew, eb = lib.edges.weights, lib.edges.biases
-        gew = [w.grad for w in ew]
-        geb = [b.grad for b in eb]
+        ew = _per_module(lib.edges.weights)  # [layer][module] views, made once
+        gew = _per_module([w.grad for w in lib.edges.weights])
+        geb = _per_module([b.grad for b in lib.edges.biases])
         nw, nb = list(lib.node.weights), list(lib.node.biases)
         gnw, gnb = [w.grad for w in nw], [b.grad for b in nb]
         R, N = len(self.anchors) * c * E, len(self.anchors) * c * n
