@@ -166,6 +166,7 @@ class Tape:
         self.node_relu = [True] * (len(self.node_widths) - 1) + [lib.node.final == "relu"]
         self.valid = sum(self.live)  # valid (anchor, step) pairs per task: the loss's denominator
         self.recorded: list[_Recorded] = []
+        self.keep = False  # until reset(rows, keep=True)
 
     def bytes_per_row(self) -> int:
         """Tape bytes one recorded structure row takes (all anchors and steps)."""

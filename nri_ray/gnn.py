@@ -11,6 +11,10 @@ Naming: gathered node features are `x_send` and `x_recv` (sender s, receiver r o
 Messages are summed per receiver by laying them out receiver-major, `[graphs, nodes, n-1, msg]`,
 and reducing the n-1 axis (every node has exactly n-1 incoming edges), which is deterministic
 on every device, unlike a scatter-add.
+
+This is the autograd version: baselines, find-node (gradients with respect to a hidden
+particle's state) and tests use it. The training round and SA at meta-test time run the same math
+on engine.py's tape, with a hand-written backward, and are tested against this module.
 """
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 One round for the shard's tasks in the meta-batch (Alet et al. 2019, BounceGrad):
 
 1. propose a new structure per task (learned blocked-Gibbs proposal or uniform);
-2. evaluate current and proposed structures in one batched pass, without autograd;
+2. evaluate current and proposed structures in one batched pass, recorded on a tape (engine.py);
 3. accept per task by the Metropolis rule (annealing.py);
-4. one forward + backward on the chosen structures only, for the module gradient;
+4. back-propagate the chosen structures from the tape's rows (no second forward), for the
+   module gradient; tasks go through 1-4 in chunks that bound the tape's memory;
 5. one forward + backward of the proposal network against the chosen structures.
 
 The worker returns a `ShardReport`: gradient *sums* over its tasks (the server pools them), the
