@@ -160,18 +160,25 @@ class ShardWorker:
         source_row = rows.clone()
         for step in range(cfg.train.sa_steps):
             proposed = self._propose(probs, chosen, ids, round_idx, step)
-            if chosen_loss is None:  # current and proposed structures of every task in one batched pass
-                both = tape.record(sa_traj, torch.cat([chosen, proposed]), torch.cat([rows, rows]))  # [2c]
-                chosen_loss, loss_prop = both.chunk(2)
-                proposed_row = rows + c
-            else:  # the weights are fixed within a round, so the current loss is known
-                loss_prop = tape.record(sa_traj, proposed, rows)
-                proposed_row = rows
+            # A proposal equal to the current structure (the redrawn block came out the same; most of
+            # them once the proposal network is good) has the current loss: only the others are rolled out.
+            moved = (proposed != chosen).any(dim=1).nonzero().squeeze(1)  # [m] rows of tasks whose proposal differs
+            evaluation = len(tape.recorded)
+            if chosen_loss is None:  # current structures and moved proposals in one batched pass
+                losses = tape.record(sa_traj, torch.cat([chosen, proposed[moved]]), torch.cat([rows, moved]))  # [c + m]
+                chosen_loss, moved_loss, first_row = losses[:c], losses[c:], c
+            elif moved.numel():  # the weights are fixed within a round, so the current loss is known
+                moved_loss, first_row = tape.record(sa_traj, proposed[moved], moved), 0
+            else:
+                moved_loss, first_row = chosen_loss[:0], 0
+            loss_prop = chosen_loss.clone()
+            loss_prop[moved] = moved_loss
             accept_u = rng.uniform(cfg.train.seed, ids, round_idx, rng.ACCEPT + rng.STEP_STRIDE * step, 1)[:, 0]
             sa = anneal_step(chosen, chosen_loss, proposed, loss_prop, temperature, accept_u)
             chosen, chosen_loss = sa.structures, sa.losses
-            source_eval = torch.where(sa.accepted, step, source_eval)
-            source_row = torch.where(sa.accepted, proposed_row, source_row)
+            took = sa.accepted[moved]  # accepted moves: the kept structure is now that recorded row
+            source_eval[moved[took]] = evaluation
+            source_row[moved[took]] = first_row + torch.arange(moved.numel(), device=self.device)[took]
             counts += torch.stack([sa.accepted.sum(), sa.worse.sum(), (sa.worse & sa.accepted).sum()])  # stays on the device
         if cfg.train.grad_split == "same":  # the gradient pass, from the SA activations of the kept structures
             tape.backward(sa_traj, chosen, source_eval, source_row)

@@ -127,3 +127,30 @@ def test_losses_without_a_tape_equal_autograd_losses_and_refuse_backward():
     tape.record(traj, structures, torch.arange(7))
     with pytest.raises(RuntimeError, match="keep=True"):
         tape.backward(traj, structures, torch.zeros(7, dtype=torch.long), torch.arange(7))
+
+
+def test_proposals_equal_to_the_current_structure_are_not_rolled_out(tiny_dataset, monkeypatch):
+    """No-op proposals take the current loss (and are accepted); a step of only no-ops records nothing."""
+    cfg = small(chunk_tasks=4)
+    shard = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
+    propose = shard._propose
+
+    def some_noops(probs, current, ids, round_idx, step):
+        proposed = propose(probs, current, ids, round_idx, step)
+        keep = (ids % 3 == 0) if step == 0 else torch.ones_like(ids, dtype=torch.bool)  # step 1: all no-ops
+        return torch.where(keep.unsqueeze(1), current, proposed)
+
+    monkeypatch.setattr(shard, "_propose", some_noops)
+    recorded = []
+    record = shard.sa_tape.record
+    monkeypatch.setattr(shard.sa_tape, "record", lambda traj, s, rows: recorded.append(len(s)) or record(traj, s, rows))
+    ids = sample_batch(0, 0, 24, 10)
+    report = shard.step(ParameterServer(cfg, 4, 9).weights(), 0, ids, 1e-3)
+    noops = int((torch.as_tensor(ids) % 3 == 0).sum())
+    chunks = [len(ids[a:a + 4]) for a in range(0, len(ids), 4)]
+    assert sum(recorded) == 2 * len(ids) - noops and len(recorded) == len(chunks)  # step 1 recorded nothing
+    assert report.accepted >= noops + len(ids)  # every no-op is accepted
+    kept = torch.as_tensor(shard.get_structures()[1][ids]).long()
+    want = torch.cat([g.reshape(-1) for g in autograd_grads(shard.lib, shard.trajectories[torch.as_tensor(ids)], kept,
+                                                             cfg.model.rollout)])
+    np.testing.assert_allclose(report.module_grad, want.numpy(), rtol=1e-4, atol=1e-6)
