@@ -49,7 +49,11 @@ def infer_structures(lib: ModuleLibrary, proposer: ProposalNet, trajectories: to
             node_u = rng.uniform(seed, ids, step, _INFER_NODE, 1)[:, 0]
             edge_u = rng.uniform(seed, ids, step, _INFER_EDGES, current.shape[1])
             proposed = propose_learned(probs, current, epsilon, node_u, edge_u)
-            proposed_loss = engine.losses(lib, window, proposed, rollout_steps, workspace)
+            # Only proposals that differ from the current structure are rolled out (the others have its loss).
+            moved = (proposed != current).any(dim=1).nonzero().squeeze(1)  # [m]
+            proposed_loss = loss.clone()
+            if moved.numel():
+                proposed_loss[moved] = engine.losses(lib, window[moved], proposed[moved], rollout_steps, workspace)
             accept_u = rng.uniform(seed, ids, step, _INFER_ACCEPT, 1)[:, 0]
             current, loss, _, _ = anneal_step(current, loss, proposed, proposed_loss, temperature, accept_u)
         out.append(Inference(current, first, loss))

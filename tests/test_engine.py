@@ -154,3 +154,31 @@ def test_proposals_equal_to_the_current_structure_are_not_rolled_out(tiny_datase
     want = torch.cat([g.reshape(-1) for g in autograd_grads(shard.lib, shard.trajectories[torch.as_tensor(ids)], kept,
                                                              cfg.model.rollout)])
     np.testing.assert_allclose(report.module_grad, want.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_meta_test_inference_equals_rolling_out_every_proposal():
+    """infer_structures (engine forward, no-op proposals skipped) = SA that rolls out every proposal with gnn.py."""
+    from nri_ray import rng
+    from nri_ray.annealing import anneal_step
+    from nri_ray.infer import _INFER_ACCEPT, _INFER_EDGES, _INFER_NODE, infer_structures
+    from nri_ray.proposal import ProposalNet, propose_learned
+
+    g = torch.Generator().manual_seed(11)
+    lib = ModuleLibrary(2, 4, [32, 32], [32], seed=5, init_spread=0.3)
+    proposer = ProposalNet(9, 4, 16, 2, seed=6)
+    traj = torch.randn(12, 9, 5, 4, generator=g)
+    ids = torch.arange(100, 112)
+    got = infer_structures(lib, proposer, traj, ids, sa_frames=9, rollout_steps=4, steps=6, epsilon=0.1,
+                           temperature=1e-3, seed=7, batch_size=5)
+    with torch.no_grad():  # the reference: every proposal rolled out, all tasks in one batch
+        probs = torch.softmax(proposer(traj), dim=-1)
+        current = probs.argmax(dim=-1)
+        loss = anchored_losses(lib, traj, current, 4)
+        for step in range(6):
+            proposed = propose_learned(probs, current, 0.1, rng.uniform(7, ids, step, _INFER_NODE, 1)[:, 0],
+                                       rng.uniform(7, ids, step, _INFER_EDGES, 20))
+            sa = anneal_step(current, loss, proposed, anchored_losses(lib, traj, proposed, 4), 1e-3,
+                             rng.uniform(7, ids, step, _INFER_ACCEPT, 1)[:, 0])
+            current, loss = sa.structures, sa.losses
+    torch.testing.assert_close(got.structures, current, rtol=0, atol=0)
+    torch.testing.assert_close(got.losses, loss, rtol=1e-5, atol=1e-7)
