@@ -344,7 +344,7 @@ class TrainConfig(Section):
     device: str = param("auto", "auto (cuda when present), cpu or cuda", choices=("auto", "cpu", "cuda"))
     threads: int = param(0, "torch intra-op threads (0 = torch default)", check=at_least(0))
     chunk_tasks: int = param(0, "tasks per SA + gradient chunk of a shard's round (0 = auto: the activations kept "
-                             "for the backward stay under K x 128 MB on a CPU, K x 2 GB on a GPU)", check=at_least(0))
+                             "for the backward stay near K x 128 MB on a CPU, K x 2 GB on a GPU)", check=at_least(0))
     seed: int = param(0, "seed of module init, structures, proposals and batches", check=at_least(0))
 
 

@@ -137,12 +137,14 @@ class ShardWorker:
         return propose_learned(probs, current, self.cfg.proposal.epsilon, node_u, edge_u)
 
     def chunk_tasks(self, tasks: int) -> int:
-        """Tasks per SA + gradient chunk: `train.chunk_tasks`, or as many as keep the tape under its budget."""
+        """Tasks per SA + gradient chunk: `train.chunk_tasks`, or even chunks that keep the tape near its budget."""
         if self.cfg.train.chunk_tasks:
             return self.cfg.train.chunk_tasks
-        rows = (1 + self.cfg.train.sa_steps) * self.sa_tape.bytes_per_row()  # current + proposals of one task
+        per_task = (1 + self.cfg.train.sa_steps) * self.sa_tape.bytes_per_row()  # current + proposals of one task
         budget = TAPE_BYTES_PER_MODULE.get(self.device.type, TAPE_BYTES_PER_MODULE["cpu"]) * self.cfg.model.edge_modules
-        return max(1, min(tasks, budget // rows))
+        size = max(1, min(tasks, budget // per_task))
+        chunks = max(1, round(tasks / size))  # even chunks (64 tasks at ~31 per chunk: 2 x 32, not 31 + 31 + 2)
+        return -(-tasks // chunks)
 
     def _anneal_and_backward(self, sa_traj, grad_traj, current, probs, ids, round_idx, temperature, counts):
         """SA steps for a chunk of tasks, recorded on the tape, then the module gradient of the kept structures.
