@@ -3,7 +3,8 @@
 Start from the proposal network's most likely structure (this alone is the "proposal-only"
 accuracy), then run `steps` SA steps with learned proposals, batched over all tasks. Modules are
 frozen, so a task's current loss never changes and each step needs one batched forward pass, of
-the proposed structures only. SA looks at the first `sa_frames` frames (the NRI observation
+the proposed structures only (engine.py's forward), and only of those that differ from the
+current structure. SA looks at the first `sa_frames` frames (the NRI observation
 window); prediction MSE is then measured from frame `sa_frames` on (DATA.md A4).
 """
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import NamedTuple
 
 import torch
 
-from . import rng
+from . import engine, rng
 from .annealing import anneal_step
-from . import engine
 from .gnn import rollout
 from .metrics import horizon_mse
 from .modules import ModuleLibrary
