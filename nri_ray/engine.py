@@ -8,7 +8,7 @@ activations on a `Tape`; the backward then gathers the chosen structures' rows o
 and runs on those rows only, so the round does four passes and no recompute. `gnn.py` is the
 readable autograd reference of the same math; tests check the two against each other.
 
-Layout of one recorded evaluation (a `Layout`): S structure rows (tasks, or the current and
+Layout of one recorded evaluation (`gnn.Layout`, shared with the autograd rollout): S structure rows (tasks, or the current and
 the proposed structure of each task), each rolled out from A anchor frames, gives G = A * S
 graphs, ordered anchor-major (graph g = a * S + j) so that the graphs still running at a late
 step are a prefix: the last anchor's rollout stops at the final frame (anchors 0, 10, .., 40 of
@@ -32,8 +32,7 @@ from typing import NamedTuple
 
 import torch
 
-from .gnn import incoming_edges
-from .graph import edge_index
+from .gnn import Layout, make_layout
 from .modules import ModuleLibrary
 
 
@@ -47,65 +46,6 @@ def active_anchors(frames: int, rollout: int) -> tuple[tuple[int, ...], tuple[in
     anchors = tuple(range(0, frames - 1, rollout))
     live = tuple(sum(1 for a in anchors if a + t + 1 <= frames - 1) for t in range(rollout))
     return anchors, live
-
-
-class Layout(NamedTuple):
-    """Edges of G = anchors * rows graphs grouped by (module, anchor); see the module docstring.
-
-    Shape:
-        recv: `[G * edges]` flat receiver node id (graph g's nodes are g*n .. g*n+n-1), grouped order.
-        position: `[G * edges]` grouped position of each canonical edge (graph-major, then sender-major).
-        incoming: `[G * nodes * (n-1)]` grouped positions of each receiver's incoming edges.
-        pair: `[G * edges * 2 * dims]` flat positions in the state `[G * nodes, dims]` of each grouped
-            edge's input [x_send; x_recv] (one gather builds every edge input).
-        spread: `[G * nodes * 2 (n-1) * dims]` flat positions in the edge-input gradient
-            `[G * edges, 2 * dims]` of each node's sender halves (its n-1 outgoing edges), then its
-            receiver halves (n-1 incoming): summing them gives the node's gradient.
-        blocks: per module, (start, rows live at step 0, 1, ..): module k owns rows
-            [start, start + live[t]) at step t.
-        graphs: live graphs per step (a prefix of the anchor-major graph order).
-    """
-
-    rows: int
-    recv: torch.Tensor
-    position: torch.Tensor
-    incoming: torch.Tensor
-    pair: torch.Tensor
-    spread: torch.Tensor
-    blocks: tuple[tuple[int, tuple[int, ...]], ...]
-    graphs: tuple[int, ...]
-
-
-def make_layout(structures: torch.Tensor, n_nodes: int, dims: int, num_modules: int, live: tuple[int, ...]) -> Layout:
-    """Group the edges of `[rows, edges]` structures, rolled out from len(anchors) anchors each."""
-    device = structures.device
-    rows, n_edges = structures.shape
-    n_anchors = live[0]
-    graphs = n_anchors * rows
-    modules = structures.long().repeat(n_anchors, 1).reshape(-1)  # [G * edges], graph g = a * rows + j
-    anchor = torch.arange(n_anchors, device=device).repeat_interleave(rows * n_edges)  # [G * edges]
-    key = modules * n_anchors + anchor  # sort by module, then anchor
-    order = torch.argsort(key, stable=True)  # canonical flat edge id at each grouped position
-    position = torch.empty_like(order)
-    position[order] = torch.arange(order.numel(), device=device)
-    per_key = torch.bincount(key, minlength=num_modules * n_anchors).view(num_modules, n_anchors).tolist()  # one sync
-    blocks, start = [], 0
-    for counts in per_key:  # K modules
-        blocks.append((start, tuple(sum(counts[:a]) for a in live)))
-        start += sum(counts)
-    senders, receivers = (torch.as_tensor(a, device=device) for a in edge_index(n_nodes))
-    offsets = torch.arange(graphs, device=device).unsqueeze(1) * n_nodes  # [G, 1]
-    send = (offsets + senders).reshape(-1)[order]  # [G * edges]
-    recv = (offsets + receivers).reshape(-1)[order]
-    inc = incoming_edges(n_nodes).to(device)  # [nodes, n-1] canonical edge ids
-    canonical_in = (torch.arange(graphs, device=device).view(-1, 1, 1) * n_edges + inc).reshape(-1)
-    incoming = position[canonical_in]  # [G * nodes * (n-1)]
-    dim = torch.arange(dims, device=device)
-    pair = (torch.stack([send, recv], dim=1).unsqueeze(-1) * dims + dim).reshape(-1)  # [G * edges, 2, dims] flat
-    outgoing = position.view(graphs * n_nodes, n_nodes - 1)  # canonical order is sender-major
-    halves = torch.cat([outgoing * (2 * dims), incoming.view(-1, n_nodes - 1) * (2 * dims) + dims], dim=1)
-    spread = (halves.unsqueeze(-1) + dim).reshape(-1)  # [G * nodes, 2 (n-1), dims] flat
-    return Layout(rows, recv, position, incoming, pair, spread, tuple(blocks), tuple(a * rows for a in live))
 
 
 class Workspace:
@@ -272,8 +212,9 @@ class Tape:
         node_src = torch.zeros(A * c * n, dtype=torch.long, device=device)
         for e, rec in enumerate(self.recorded):  # a handful of evaluations per chunk
             graph = (anchor * rec.layout.rows + source_row.view(1, c)).reshape(-1)  # [A * c] graph in evaluation e
-            edges = rec.edge_offset + rec.layout.position[(graph.view(-1, 1) * E + torch.arange(E, device=device)).clamp(
-                max=rec.layout.position.numel() - 1)].reshape(-1)  # [A * c * E]
+            # Tasks kept from another evaluation may name rows beyond this one's: clamped, then not selected.
+            canonical = (graph.view(-1, 1) * E + torch.arange(E, device=device)).clamp(max=rec.layout.position.numel() - 1)
+            edges = rec.edge_offset + rec.layout.position[canonical].reshape(-1)  # [A * c * E]
             nodes = rec.node_offset + (graph.view(-1, 1) * n + torch.arange(n, device=device)).reshape(-1)  # [A * c * n]
             mine = (source_eval == e).view(1, c).expand(A, c)  # [A, c]
             edge_src = torch.where(mine.reshape(-1, 1).expand(-1, E).reshape(-1), edges, edge_src)

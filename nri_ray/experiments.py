@@ -169,7 +169,7 @@ def recover_hidden(lib, traj: torch.Tensor, known: torch.Tensor, hidden: int, *,
             never read).
         known: `[tasks, edges]` modules of the edges among visible particles (hidden ones ignored).
     """
-    from .gnn import message_step, plan_edges
+    from .gnn import make_layout, message_step
     from .graph import edge_index
 
     count, frames, n, dims = traj.shape
@@ -185,7 +185,7 @@ def recover_hidden(lib, traj: torch.Tensor, known: torch.Tensor, hidden: int, *,
         for s, r in ((hidden, j), (j, hidden)):  # symmetric relation: both directions share a module
             structures[:, int(((senders == s) & (receivers == r)).nonzero())] = per_restart[:, col]
     graphs = count * restarts
-    plan = plan_edges(structures, n, k)
+    layout = make_layout(structures, n, dims, k)
     visible = torch.tensor(others)
     observed = traj.repeat_interleave(restarts, dim=0)  # [graphs, frames, n, d]
     init = (torch.rand(graphs, dims, generator=g) * 2 - 1).requires_grad_(True)  # [graphs, d]
@@ -198,7 +198,7 @@ def recover_hidden(lib, traj: torch.Tensor, known: torch.Tensor, hidden: int, *,
         h, path, sq = x0, [x0], 0.0
         for t in range(frames - 1):  # the time loop: each hidden state depends on the previous one
             x = torch.where(is_hidden, h.unsqueeze(1), observed[:, t])  # [graphs, n, d]
-            nxt = message_step(lib, x.reshape(graphs * n, dims), plan, n).view(graphs, n, dims)
+            nxt = message_step(lib, x.reshape(graphs * n, dims), layout, n).view(graphs, n, dims)
             sq = sq + ((nxt[:, visible] - observed[:, t + 1, visible]) ** 2).mean(dim=(1, 2))
             h = nxt[:, hidden]
             path.append(h)

@@ -27,23 +27,6 @@ from .graph import edge_index
 from .modules import ModuleLibrary
 
 
-class EdgePlan(NamedTuple):
-    """Edges of `graphs` graphs grouped by module (built once per structure batch).
-
-    Shape:
-        send, recv: `[graphs * edges]` flat node ids (graph g's nodes are g*n ... g*n+n-1), in
-            module-grouped order.
-        counts: edges per module, a tuple of K ints (module k owns a contiguous block).
-        unsort: `[graphs * nodes * (n-1)]` positions in the grouped order that lay messages
-            out receiver-major.
-    """
-
-    send: torch.Tensor
-    recv: torch.Tensor
-    counts: tuple[int, ...]
-    unsort: torch.Tensor
-
-
 @functools.lru_cache(maxsize=None)
 def incoming_edges(n_nodes: int) -> torch.Tensor:
     """`[nodes, n-1]`: canonical (sender-major) ids of each receiver's incoming edges (cached; never mutated)."""
@@ -52,40 +35,80 @@ def incoming_edges(n_nodes: int) -> torch.Tensor:
     return torch.tensor(order, dtype=torch.long).view(n_nodes, n_nodes - 1)
 
 
-def plan_edges(structures: torch.Tensor, n_nodes: int, num_modules: int) -> EdgePlan:
-    """Group the edges of every graph by module.
+class Layout(NamedTuple):
+    """Edges of G = anchors * rows graphs grouped by module and, within a module, by anchor.
 
-    Args:
-        structures: `[graphs, edges]` module index per edge.
+    Graph g = a * rows + j is structure row j rolled out from anchor a (anchor-major), so the graphs
+    still running at a late step of an anchored rollout are a prefix, and each module's live edges
+    the front of its block (engine.py drops the steps past the last frame this way). A plain
+    rollout is one anchor: G = rows, live = (1,).
+
+    Shape:
+        recv: `[G * edges]` flat receiver node id (graph g's nodes are g*n .. g*n+n-1), grouped order.
+        position: `[G * edges]` grouped position of each canonical edge (graph-major, then sender-major).
+        incoming: `[G * nodes * (n-1)]` grouped positions of each receiver's incoming edges.
+        pair: `[G * edges * 2 * dims]` flat positions in the state `[G * nodes, dims]` of each grouped
+            edge's input [x_send; x_recv] (one gather builds every edge input).
+        spread: `[G * nodes * 2 (n-1) * dims]` flat positions in the edge-input gradient
+            `[G * edges, 2 * dims]` of each node's sender halves (its n-1 outgoing edges), then its
+            receiver halves (n-1 incoming): summing them gives the node's gradient.
+        blocks: per module, (start, rows live at step 0, 1, ..): module k owns rows
+            [start, start + live[t]) at step t.
+        graphs: live graphs per step (a prefix of the anchor-major graph order).
     """
+
+    rows: int
+    recv: torch.Tensor
+    position: torch.Tensor
+    incoming: torch.Tensor
+    pair: torch.Tensor
+    spread: torch.Tensor
+    blocks: tuple[tuple[int, tuple[int, ...]], ...]
+    graphs: tuple[int, ...]
+
+
+def make_layout(structures: torch.Tensor, n_nodes: int, dims: int, num_modules: int,
+                live: tuple[int, ...] = (1,)) -> Layout:
+    """Group the edges of `[rows, edges]` structures, each rolled out from live[0] anchors, of which
+    live[t] still run at step t (built once per structure batch; one host sync for the block sizes)."""
     device = structures.device
-    graphs, n_edges = structures.shape
-    senders, receivers = (torch.as_tensor(a, device=device) for a in edge_index(n_nodes))
-    offsets = torch.arange(graphs, device=device).unsqueeze(1) * n_nodes  # [graphs, 1]
-    flat_send = (offsets + senders).reshape(-1)  # [graphs * edges], canonical order
-    flat_recv = (offsets + receivers).reshape(-1)
-    modules = structures.reshape(-1)  # [graphs * edges]
-    order = torch.argsort(modules, stable=True)  # canonical flat edge id at each grouped position
+    rows, n_edges = structures.shape
+    n_anchors = live[0]
+    graphs = n_anchors * rows
+    modules = structures.long().repeat(n_anchors, 1).reshape(-1)  # [G * edges], graph g = a * rows + j
+    anchor = torch.arange(n_anchors, device=device).repeat_interleave(rows * n_edges)  # [G * edges]
+    key = modules * n_anchors + anchor  # sort by module, then anchor
+    order = torch.argsort(key, stable=True)  # canonical flat edge id at each grouped position
     position = torch.empty_like(order)
-    position[order] = torch.arange(order.numel(), device=device)  # grouped position of each edge
-    counts = tuple(torch.bincount(modules, minlength=num_modules).tolist())
-    incoming = incoming_edges(n_nodes).to(device)  # [nodes, n-1]
-    canonical = (torch.arange(graphs, device=device).view(-1, 1, 1) * n_edges + incoming).reshape(-1)
-    return EdgePlan(flat_send[order], flat_recv[order], counts, position[canonical])
-
-
-def message_step(lib: ModuleLibrary, x: torch.Tensor, plan: EdgePlan, n_nodes: int) -> torch.Tensor:
-    """One message-passing step: x `[graphs * nodes, dims]` -> next state, same shape."""
-    x_send, x_recv = x[plan.send], x[plan.recv]  # [graphs * edges, dims], grouped by module
-    edge_in = torch.cat([x_send, x_recv], dim=-1)  # [graphs * edges, 2 * dims]
+    position[order] = torch.arange(order.numel(), device=device)
+    per_key = torch.bincount(key, minlength=num_modules * n_anchors).view(num_modules, n_anchors).tolist()  # one sync
     blocks, start = [], 0
-    for k, count in enumerate(plan.counts):  # loop over the K modules only
-        if count:
-            blocks.append(lib.edges(k, edge_in[start:start + count]))
-        start += count
-    messages = torch.cat(blocks)  # [graphs * edges, message]
+    for counts in per_key:  # K modules
+        blocks.append((start, tuple(sum(counts[:a]) for a in live)))
+        start += sum(counts)
+    senders, receivers = (torch.as_tensor(a, device=device) for a in edge_index(n_nodes))
+    offsets = torch.arange(graphs, device=device).unsqueeze(1) * n_nodes  # [G, 1]
+    send = (offsets + senders).reshape(-1)[order]  # [G * edges]
+    recv = (offsets + receivers).reshape(-1)[order]
+    inc = incoming_edges(n_nodes).to(device)  # [nodes, n-1] canonical edge ids
+    canonical_in = (torch.arange(graphs, device=device).view(-1, 1, 1) * n_edges + inc).reshape(-1)
+    incoming = position[canonical_in]  # [G * nodes * (n-1)]
+    dim = torch.arange(dims, device=device)
+    pair = (torch.stack([send, recv], dim=1).unsqueeze(-1) * dims + dim).reshape(-1)  # [G * edges, 2, dims] flat
+    outgoing = position.view(graphs * n_nodes, n_nodes - 1)  # canonical order is sender-major
+    halves = torch.cat([outgoing * (2 * dims), incoming.view(-1, n_nodes - 1) * (2 * dims) + dims], dim=1)
+    spread = (halves.unsqueeze(-1) + dim).reshape(-1)  # [G * nodes, 2 (n-1), dims] flat
+    return Layout(rows, recv, position, incoming, pair, spread, tuple(blocks), tuple(a * rows for a in live))
+
+
+def message_step(lib: ModuleLibrary, x: torch.Tensor, layout: Layout, n_nodes: int) -> torch.Tensor:
+    """One message-passing step of every graph and edge of `layout`: x `[graphs * nodes, dims]` -> next state."""
+    dims = x.shape[1]
+    edge_in = x.reshape(-1)[layout.pair].view(-1, 2 * dims)  # [graphs * edges, 2 * dims], grouped by module
+    messages = torch.cat([lib.edges(k, edge_in[start:start + live[0]])  # loop over the K modules only
+                          for k, (start, live) in enumerate(layout.blocks) if live[0]])  # [graphs * edges, message]
     # Receiver-major: [graphs * nodes, n - 1, message], then sum the n - 1 incoming messages.
-    per_receiver = messages[plan.unsort].view(-1, n_nodes - 1, messages.shape[-1])
+    per_receiver = messages[layout.incoming].view(-1, n_nodes - 1, messages.shape[-1])
     aggregated = per_receiver.sum(dim=1)  # [graphs * nodes, message]
     return x + lib.node(torch.cat([aggregated, x], dim=-1))
 
@@ -100,11 +123,11 @@ def rollout(lib: ModuleLibrary, start: torch.Tensor, structures: torch.Tensor, s
         `[graphs, steps, nodes, dims]` predicted states after 1..steps message-passing steps.
     """
     graphs, n_nodes, dims = start.shape
-    plan = plan_edges(structures, n_nodes, lib.num_edge_modules)
+    layout = make_layout(structures, n_nodes, dims, lib.num_edge_modules)
     x = start.reshape(graphs * n_nodes, dims)  # [graphs * nodes, dims]
     out = []
     for _ in range(steps):  # the time loop: each step depends on the previous one
-        x = message_step(lib, x, plan, n_nodes)
+        x = message_step(lib, x, layout, n_nodes)
         out.append(x.view(graphs, n_nodes, dims))
     return torch.stack(out, dim=1)
 

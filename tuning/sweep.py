@@ -136,9 +136,10 @@ def scheduler(spec: dict):
     if spec["scheduler"] == "asha":
         return ASHAScheduler(time_attr="training_iteration", max_t=iterations,
                              grace_period=max(1, min(spec["grace_evals"], iterations)), reduction_factor=2)
+    mutations = pbt_mutations(spec)
     return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=spec["perturbation_evals"],
-                                   quantile_fraction=spec["pbt_quantile"], hyperparam_mutations=pbt_mutations(spec),
-                                   custom_explore_fn=clip_to_mutation_domains(pbt_mutations(spec)))
+                                   quantile_fraction=spec["pbt_quantile"], hyperparam_mutations=mutations,
+                                   custom_explore_fn=clip_to_mutation_domains(mutations))
 
 
 def make_spec(*, space_name: str, data: str, base: dict, num_samples: int, scheduler_name: str, max_rounds: int,
