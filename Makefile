@@ -23,6 +23,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate.py --json benchmarks/results/simulate.json
 	$(BIN)/python benchmarks/round.py --sweep --json benchmarks/results/round_cpu.json
+	$(BIN)/python benchmarks/reference_round.py --json benchmarks/results/reference_round.json
 
 clean:
 	rm -rf $(VENV) runs data benchmarks/results
