@@ -11,7 +11,9 @@ module's rows of a chunk's SA forward, [rows, 256] x [256, 256]) on the same dev
 their ratio is the efficiency. A stricter efficiency divides by the best matmul rate measured
 (that shape and the whole batch's [B * anchors * edges, 256], each plain and into a
 preallocated output). Only rollout steps that have a target are counted (and computed): the last
-anchor of 49 frames runs 8 steps, so 48 of REFERENCE's 50 steps per evaluation. Also peak memory.
+anchor of 49 frames runs 8 steps, so 48 of REFERENCE's 50 steps per evaluation. Also memory: the
+engine's workspace (tape and backward buffers) and the peak (CUDA: allocated by torch; CPU: the
+process's peak resident set so far, which in a sweep is the largest point's so far).
 
     python benchmarks/round.py [--device cpu|cuda] [--batch 128] [--json FILE]
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -138,24 +141,30 @@ def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> d
     flops = round_flops(cfg, nodes, args.frames, batch)
     mm = matmuls[0].rate()
     best = max(m.rate() for m in matmuls)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:  # the process's peak resident set so far (Linux reports KiB); in a sweep, the largest point so far
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    workspace = shard.sa_tape.ws.nbytes()  # the tapes' and backward's buffers (shared by both tapes)
     return {"device": device.type, "batch": batch, "nodes": nodes, "edge_modules": modules,
             "chunk_tasks": chunk, "matmul_rows": largest, "seconds_per_round": seconds, "tasks_per_second": batch / seconds,
             "round_flops": flops, "achieved_flops_per_s": flops / seconds, "matmul_flops_per_s": mm,
             "efficiency": flops / seconds / mm, "matmul_best_flops_per_s": best, "efficiency_strict": flops / seconds / best,
-            "peak_memory_bytes": peak, "round_seconds_all": times}
+            "peak_memory_bytes": peak, "workspace_bytes": workspace, "round_seconds_all": times}
 
 
 def markdown(runs: list[dict]) -> str:
     """The runs as the Markdown table of benchmarks/README.md."""
     lines = ["| device | B | nodes | K | chunk | s / round | tasks / s | round GFLOP | achieved GFLOP/s "
-             "| matmul GFLOP/s (plain, round's largest GEMM) | efficiency | best matmul GFLOP/s | strict efficiency |",
-             "| --- " * 13 + "|"]
+             "| matmul GFLOP/s (plain, round's largest GEMM) | efficiency | best matmul GFLOP/s | strict efficiency "
+             "| workspace MB |",
+             "| --- " * 14 + "|"]
     for r in runs:
         lines.append(f"| {r['device']} | {r['batch']} | {r['nodes']} | {r['edge_modules']} | {r['chunk_tasks']} "
                      f"| {r['seconds_per_round']:.3f} | {r['tasks_per_second']:.0f} | {r['round_flops'] / 1e9:.0f} "
                      f"| {r['achieved_flops_per_s'] / 1e9:.1f} | {r['matmul_flops_per_s'] / 1e9:.1f} | {r['efficiency']:.2f} "
-                     f"| {r['matmul_best_flops_per_s'] / 1e9:.1f} | {r['efficiency_strict']:.2f} |")
+                     f"| {r['matmul_best_flops_per_s'] / 1e9:.1f} | {r['efficiency_strict']:.2f} "
+                     f"| {r['workspace_bytes'] / 2**20:.0f} |")
     return "\n".join(lines)
 
 
@@ -194,7 +203,8 @@ def main() -> None:
               f"{r['seconds_per_round'] * 1e3:9.1f} ms/round  {r['tasks_per_second']:9.0f} tasks/s  "
               f"{r['achieved_flops_per_s'] / 1e9:8.1f} GFLOP/s  matmul {r['matmul_flops_per_s'] / 1e9:8.1f} GFLOP/s  "
               f"efficiency {r['efficiency']:.2f}  (best matmul {r['matmul_best_flops_per_s'] / 1e9:.1f}: "
-              f"{r['efficiency_strict']:.2f})", flush=True)
+              f"{r['efficiency_strict']:.2f})  workspace {r['workspace_bytes'] / 2**20:.0f} MB  "
+              f"peak {r['peak_memory_bytes'] / 2**20:.0f} MB", flush=True)
     print()
     print(markdown(results["runs"]))
     if args.json:

@@ -22,6 +22,7 @@ def test_round_json_has_the_issue_fields(tmp_path):
     assert r["achieved_flops_per_s"] == pytest.approx(r["round_flops"] / r["seconds_per_round"])
     assert r["efficiency"] == pytest.approx(r["achieved_flops_per_s"] / r["matmul_flops_per_s"])
     assert r["batch"] == 8 and len(r["runs"]) == 1
+    assert 0 < r["workspace_bytes"] <= r["peak_memory_bytes"]
 
 
 def test_reference_round_runs_both_rounds_side_by_side(tmp_path):
