@@ -118,7 +118,7 @@ class ReferenceModel:
                  seed: int = 0):
         torch.manual_seed(seed)
         self.rs = np.random.RandomState(seed)
-        self.n, self.frames, self.k = n_nodes, frames, num_modules
+        self.n, self.frames, self.k, self.message_size = n_nodes, frames, num_modules, edge_sizes[-1]
         senders, receivers = edge_index(n_nodes)
         self.graph = {"nodes": [[0, 0, 0, 0] for _ in range(n_nodes)],
                       "edges": [[int(s), int(r)] for s, r in zip(senders, receivers)]}
@@ -170,7 +170,7 @@ class ReferenceModel:
         """[time, 5B, 4] inputs -> [time - 1, 5B * 4] predictions (forward_no_weights + graph_out_to_out)."""
         nodes = x[0::STEPS].clone()  # [anchors, 5B, 4]: anchors act as the batch
         bs, n_total = nodes.shape[0], nodes.shape[1]
-        incoming = [torch.zeros(bs, n_total, self.edge_modules[0][-2].out_features) for _ in range(STEPS + 1)]
+        incoming = [torch.zeros(bs, n_total, self.message_size) for _ in range(STEPS + 1)]  # summed messages per step
         sinks_one_hot = []
         for sinks in mega["edge_sinks"]:  # dense one-hot [5B, edges of module m], from the lists, per call
             if not sinks:
