@@ -118,7 +118,7 @@ class ReferenceModel:
                  seed: int = 0):
         torch.manual_seed(seed)
         self.rs = np.random.RandomState(seed)
-        self.n, self.frames, self.k, self.message_size = n_nodes, frames, num_modules, edge_sizes[-1]
+        self.n, self.k, self.message_size = n_nodes, num_modules, edge_sizes[-1]
         senders, receivers = edge_index(n_nodes)
         self.graph = {"nodes": [[0, 0, 0, 0] for _ in range(n_nodes)],
                       "edges": [[int(s), int(r)] for s, r in zip(senders, receivers)]}
@@ -251,7 +251,7 @@ class ReferenceModel:
             self.encoder_opt.step()
         self.module_opt.step()
         self.module_opt.zero_grad()
-        self.last_accuracy = acc
+        self.last_accuracy = acc  # the per-batch accuracy sum the authors log
         return chosen
 
 

@@ -35,9 +35,10 @@ from .server import Weights, build_models, flatten_grads, unflatten_into
 
 # Activations a shard keeps per chunk of tasks, per edge module (a module's GEMMs get 1/K of a chunk's
 # rows). CPU: 128 MB per module gives chunks of ~31 paper-size tasks at K = 2, GEMMs of ~3000 rows,
-# which run at the matmul rate; bigger chunks are no faster (measured 32 to 128 tasks), smaller ones
-# are (16 tasks: 5% slower; K = 8 with 32-task chunks: 12% slower than with 128). CUDA: large chunks,
-# because every chunk costs a fixed number of kernel launches.
+# which run at the matmul rate. Measured round by round in one process (paper config, K = 2): chunks of
+# 16, 22, 64 and 128 tasks take 1.075, 1.04, 1.008 and 1.07x the time of 32 (smaller: more per-operation
+# cost; larger: more memory traffic); K = 8 with 32-task chunks is 12% slower than with 128. CUDA: large
+# chunks, because every chunk costs a fixed number of kernel launches.
 TAPE_BYTES_PER_MODULE = {"cpu": 128 << 20, "cuda": 2 << 30}
 
 
