@@ -94,7 +94,15 @@ def _print_metrics(row: dict) -> None:
     print(f"round {row['round']:6d}  loss {row['grad_loss']:.3e}  accept {row['accept_rate']:.2f}  "
           f"T {row['temperature']:.2e}  valid edge acc {row['valid_edge_accuracy']:.4f}  "
           f"proposal acc {row['valid_proposal_accuracy']:.4f}  mse@1 {mse.get('1', float('nan')):.2e}  "
-          f"{row['wall_seconds']:.0f} s", flush=True)
+          f"health {row.get('health_ratio', float('nan')):.3f}  {row['wall_seconds']:.0f} s", flush=True)
+
+
+def _warn_health(summary: dict) -> None:
+    from .train import health_warning
+
+    warning = health_warning(summary)
+    if warning:
+        print(f"nri-ray: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _train_config(args: argparse.Namespace, saved: dict | None) -> C.Config:
@@ -123,6 +131,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     plots.training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training.png")
     plot_example(run_dir, data)
     print(json.dumps(result.summary, indent=2))
+    _warn_health(result.summary)
     return 0
 
 
@@ -165,7 +174,8 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     cfg = C.Config.from_dict(C.merge(C.preset("small"), {"train": {"seed": args.seed}}))
     print(f"training the small preset into {run_dir} ({cfg.train.rounds} rounds, {cfg.cluster.backend} backend, CPU)")
     start = time.perf_counter()
-    run(cfg, data, run_dir, report=_print_metrics, progress=False)
+    trained = run(cfg, data, run_dir, report=_print_metrics, progress=False)
+    _warn_health(trained.summary)
     plots.training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training.png")
     print(f"trained in {time.perf_counter() - start:.0f} s")
     result = evaluate(run_dir, data, "test", sa_steps=args.sa_steps, device="cpu")
@@ -302,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
         C.add_config_flags(p)
     tab.set_defaults(func=_cmd_table)
     eff.set_defaults(func=_cmd_data_efficiency)
+    for entry in entry_points(group="nri_ray.experiments"):  # e.g. `seeds`, from tuning/ (Tune trials)
+        entry.load()(esub)
 
     fn = sub.add_parser("find-node", help="recover a hidden particle from its pull on the others (section 5.2)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -291,6 +291,11 @@ class ProposalConfig(Section):
                            check=in_range(0.0, 1.0))
     proposal_hidden: int = param(256, "proposal network width", check=at_least(1))
     proposal_lr: float = param(1e-3, "Adam learning rate of the proposal network", check=positive)
+    block_search_rounds: int = param(0, "rounds in which each task's first SA proposal is the one-step block "
+                                        "optimum (every node's incoming edges at their best modules for one-step "
+                                        "prediction) instead of a drawn one", check=at_least(0))
+    block_frame_stride: int = param(4, "frames 0, s, 2s, .. of the SA window score the one-step block optimum",
+                                    check=at_least(1))
     proposal_clip: float = param(1.0, "gradient-norm clip of the proposal network (0 = none)", check=at_least(0.0))
 
 
@@ -323,6 +328,8 @@ class TrainConfig(Section):
     meta_batch_size: int = param(128, "B, tasks per round", check=at_least(1))
     train_tasks: int = param(0, "meta-train tasks used: the first N of the train split (0 = all)", check=at_least(0))
     sa_steps: int = param(1, "SA proposals per task per round (the authors: 1)", check=at_least(1))
+    warmup_rounds: int = param(0, "rounds at the start that train the modules on the full graph (edge module 0 on "
+                                  "every edge) without search, before BounceGrad starts", check=at_least(0))
     lr: float = param(1e-2, "Adam learning rate of the modules (published: 1e-2 springs, 1e-4 charged)",
                       check=positive)
     plateau_patience: int = param(0, "halve the module lr after this many evaluations without improvement "

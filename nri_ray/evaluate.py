@@ -17,7 +17,7 @@ import torch
 from . import plots
 from .data import Dataset
 from .errors import NriRayError
-from .infer import infer_structures, predict, prediction_mse, prediction_start
+from .infer import infer_structures, predict, prediction_mse, prediction_start, structure_health
 from .io import atomic_write_text
 from .metrics import edge_accuracy
 from .train import load_run
@@ -51,6 +51,7 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
         "edge_accuracy": edge_accuracy(structures, part.labels, k),
         "proposal_accuracy": edge_accuracy(inf.proposal_structures.cpu().numpy(), part.labels, k),
         "sa_loss": float(inf.losses.mean()),
+        **structure_health(server.lib, traj[:, :sa_frames], inf.losses, cfg.model.rollout),
         "mse": prediction_mse(server.lib, traj, inf.structures, start),
         "mse_start_frame": start,
         "seconds": time.perf_counter() - t0,

@@ -83,3 +83,32 @@ def prediction_start(frames: int, sa_frames: int) -> int:
     """Frame predictions start from: 49 (the end of the observed window) when the trajectory goes
     on past it (the test split), else 20 frames before its end."""
     return sa_frames if frames > sa_frames + 1 else max(0, frames - 21)
+
+
+@torch.no_grad()
+def structure_health(lib: ModuleLibrary, trajectories: torch.Tensor, losses: torch.Tensor, rollout_steps: int,
+                     batch_size: int = 512) -> dict[str, float]:
+    """The label-free health signal: how much better the inferred structures predict than one module alone.
+
+    `health_ratio` = mean SA loss of the inferred structures / mean SA loss of the best single-module
+    structure (one edge module on every edge), both on the same `[tasks, frames, nodes, dims]`
+    windows. Near 1: the edge modules have not separated (the structure explains nothing); well below
+    1: the inferred relations matter for prediction.
+    """
+    tasks, _, n_nodes, _ = trajectories.shape
+    n_edges = n_nodes * (n_nodes - 1)
+    workspace = engine.Workspace(trajectories.device, trajectories.dtype)
+    single = []
+    for k in range(lib.num_edge_modules):  # K rollouts of every task with module k on every edge
+        full = torch.full((min(batch_size, tasks), n_edges), k, dtype=torch.long, device=trajectories.device)
+        single.append(torch.cat([engine.losses(lib, trajectories[a:a + batch_size], full[: min(batch_size, tasks - a)],
+                                               rollout_steps, workspace) for a in range(0, tasks, batch_size)]).mean())
+    best = float(torch.stack(single).min())
+    inferred = float(losses.mean())
+    return {"single_module_loss": best, "health_ratio": inferred / best if best > 0 else float("nan")}
+
+
+def module_share(structures: torch.Tensor, num_modules: int) -> list[float]:
+    """Fraction of all edges that run each module (label-free: a module nobody uses is dead weight)."""
+    counts = torch.bincount(structures.reshape(-1).long(), minlength=num_modules).double()
+    return (counts / counts.sum()).tolist()

@@ -107,6 +107,26 @@ def data_efficiency(points: dict, out: Path, title: str = "") -> Path:
     return _save(fig, out)
 
 
+def seed_curves(curves: dict[str, list[dict]], out: Path) -> Path:
+    """Meta-valid edge accuracy and the label-free health ratio against round, one line per seed pair."""
+    fig, (acc, health) = _figure(1, 2, figsize=(11, 4.2))
+    for i, (name, rows) in enumerate(sorted(curves.items())):
+        r = [row["round"] for row in rows]
+        style = {"color": f"C{i % 10}", "ls": "-" if i < 10 else "--", "lw": 1.2}
+        if all("valid_edge_accuracy" in row for row in rows):
+            acc.plot(r, [100 * row["valid_edge_accuracy"] for row in rows], label=name, **style)
+        if all("health_ratio" in row for row in rows):
+            health.semilogy(r, [row["health_ratio"] for row in rows], label=name, **style)
+    acc.set_title("meta-valid edge accuracy (%)")
+    health.set_title("health ratio: inferred / best single-module loss (label-free)")
+    for ax in (acc, health):
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    acc.legend(fontsize=7, title="data:train seed", title_fontsize=7, ncol=2)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
 def find_node(observed: np.ndarray, recovered: np.ndarray, hidden: int, out: Path, title: str = "") -> Path:
     """Figure-4 style: the visible particles' paths, the hidden particle's true and recovered paths.
 

@@ -122,3 +122,75 @@ def proposal_loss(logits: torch.Tensor, structures: torch.Tensor) -> torch.Tenso
     tasks, n_edges, k = logits.shape
     ce = F.cross_entropy(logits.reshape(-1, k), structures.reshape(-1).long(), reduction="none")
     return ce.view(tasks, n_edges).mean(dim=1)
+
+
+@torch.no_grad()
+def propose_block_optimum(lib, window: torch.Tensor, current: torch.Tensor, frame_stride: int = 4,
+                          max_candidates: int = 256) -> torch.Tensor:
+    """Every node's incoming edges set to their best modules under the one-step loss (a proposal).
+
+    With teacher forcing, one message-passing step predicts node r's next state from the true
+    current states and the modules of r's n-1 incoming edges only, so the one-step error splits
+    into independent per-node terms. For every task and node this scores candidate assignments of
+    the node's incoming edges (all K^(n-1) when there are at most `max_candidates`, else the
+    current one and every single-edge change of it) on the frames 0, s, 2s, .. of the window, and
+    returns the structure with each node's best block: the exact one-step optimum over all
+    structures when the candidates are exhaustive. SA then accepts or rejects it on its full
+    rollout loss like any proposal.
+
+    The node module's first layer is linear in the summed message, so each edge's message goes
+    through that layer once per module and a candidate's pre-activation is a sum of those (one
+    matmul with the candidates' one-hot selection); only the node module's later layers run per
+    candidate.
+
+    Args:
+        lib: the module library (ModuleLibrary).
+        window: `[tasks, frames, nodes, dims]` trajectories (the SA window).
+        current: `[tasks, edges]` current structures.
+    Returns:
+        `[tasks, edges]` proposed structures (current's dtype).
+    """
+    tasks, frames, n_nodes, dims = window.shape
+    k = lib.num_edge_modules
+    device = window.device
+    senders, receivers = (torch.as_tensor(a, device=device) for a in edge_index(n_nodes))
+    incoming = incoming_edges(n_nodes).to(device)  # [nodes, n-1] edge ids
+    steps = torch.arange(0, frames - 1, frame_stride, device=device)
+    x, y = window[:, steps], window[:, steps + 1]  # [tasks, F, nodes, dims] states and next states
+    f = steps.numel()
+    edge_in = torch.cat([x[:, :, senders], x[:, :, receivers]], dim=-1).reshape(-1, 2 * dims)  # [tasks*F*edges, 2d]
+    w1, b1 = lib.node.weights[0], lib.node.biases[0]  # [message + dims, hidden], [hidden]
+    message_size = lib.message_size
+    # Each edge's message through the node module's first layer, per module: [modules, tasks, F, edges, hidden].
+    u = torch.stack([lib.edges(m, edge_in) @ w1[:message_size] for m in range(k)]).view(k, tasks, f, -1, w1.shape[1])
+    u = u[:, :, :, incoming]  # [modules, tasks, F, nodes, n-1, hidden]: receiver-major
+    u = u.permute(1, 3, 4, 0, 2, 5).reshape(tasks, n_nodes, (n_nodes - 1) * k, f * w1.shape[1])  # [t, n, (n-1)K, F*h]
+    if k ** (n_nodes - 1) <= max_candidates:  # all assignments of a node's incoming edges: [1, 1, C, n-1]
+        codes = torch.arange(k ** (n_nodes - 1), device=device).unsqueeze(1)
+        candidates = (codes // k ** torch.arange(n_nodes - 1, device=device)) % k
+        candidates = candidates.view(1, 1, -1, n_nodes - 1)
+    else:  # the current block and each single-edge change: [tasks, nodes, 1 + (n-1)(K-1), n-1]
+        block = current.long()[:, incoming]  # [tasks, nodes, n-1]
+        shift = torch.arange(1, k, device=device)  # [K-1]
+        eye = torch.eye(n_nodes - 1, dtype=torch.long, device=device)  # [n-1, n-1]
+        moved = (block.unsqueeze(2).unsqueeze(3) + eye.view(1, 1, n_nodes - 1, 1, n_nodes - 1)
+                 * shift.view(1, 1, 1, -1, 1)) % k  # [tasks, nodes, n-1, K-1, n-1]
+        candidates = torch.cat([block.unsqueeze(2), moved.flatten(2, 3)], dim=2)
+    # One-hot of each candidate's module per incoming edge: [.., C, (n-1) K]; one matmul sums the messages.
+    select = torch.nn.functional.one_hot(candidates, k).to(u.dtype).flatten(-2)
+    pre = torch.matmul(select, u).view(tasks, n_nodes, -1, f, w1.shape[1])  # [tasks, nodes, C, F, hidden]
+    own = (x @ w1[message_size:] + b1).permute(0, 2, 1, 3).unsqueeze(2)  # [tasks, nodes, 1, F, hidden]
+    h = (pre + own).relu_()
+    last = len(lib.node.weights) - 1
+    for i in range(1, last + 1):  # the node module's later layers, on every candidate
+        h = torch.addmm(lib.node.biases[i], h.reshape(-1, h.shape[-1]), lib.node.weights[i]).view(*h.shape[:-1], -1)
+        if i < last:
+            h = h.relu_()
+    pred = x.permute(0, 2, 1, 3).unsqueeze(2) + h  # [tasks, nodes, C, F, dims]
+    error = ((pred - y.permute(0, 2, 1, 3).unsqueeze(2)) ** 2).mean(dim=(3, 4))  # [tasks, nodes, C]
+    best = error.argmin(dim=2)  # [tasks, nodes]
+    candidates = candidates.expand(tasks, n_nodes, -1, -1)
+    chosen = candidates.gather(2, best.view(tasks, n_nodes, 1, 1).expand(-1, -1, 1, n_nodes - 1)).squeeze(2)
+    proposed = current.clone()
+    proposed[:, incoming.reshape(-1)] = chosen.reshape(tasks, -1).to(current.dtype)  # [tasks, nodes*(n-1)] edge ids
+    return proposed

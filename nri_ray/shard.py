@@ -29,7 +29,7 @@ from .config import Config
 from .data import Dataset
 from .engine import Tape, Workspace
 from .metrics import confusion
-from .proposal import proposal_loss, propose_learned, propose_uniform
+from .proposal import proposal_loss, propose_block_optimum, propose_learned, propose_uniform
 from .server import Weights, build_models, flatten_grads, unflatten_into
 
 
@@ -127,8 +127,10 @@ class ShardWorker:
         idx = torch.as_tensor(task_ids, device=self.device) - self.start
         self.structures[idx] = torch.as_tensor(structures, dtype=torch.int8, device=self.device)
 
-    def _propose(self, probs, current, ids, round_idx, step):
+    def _propose(self, probs, current, ids, round_idx, step, window):
         k, seed = self.cfg.model.edge_modules, self.cfg.train.seed
+        if step == 0 and round_idx < self.cfg.proposal.block_search_rounds:
+            return propose_block_optimum(self.lib, window, current, self.cfg.proposal.block_frame_stride)
         shift = rng.STEP_STRIDE * step  # each SA step of a round draws from its own streams
         if self.cfg.proposal.proposal == "uniform":
             u = rng.uniform(seed, ids, round_idx, rng.UNIFORM_EDGE + shift, 2)
@@ -157,12 +159,24 @@ class ShardWorker:
         c = current.shape[0]
         rows = torch.arange(c, device=self.device)
         tape = self.sa_tape
+        if round_idx < cfg.train.warmup_rounds:  # warm-up: no search, the gradient of the given structures
+            src = torch.zeros(c, dtype=torch.long, device=self.device)
+            if cfg.train.grad_split == "same":
+                tape.reset(c)
+                loss = tape.record(sa_traj, current, rows)
+                tape.backward(sa_traj, current, src, rows)
+                return current, loss, loss
+            tape = self.grad_tape
+            tape.reset(c)
+            loss = tape.record(grad_traj, current, rows)
+            tape.backward(grad_traj, current, src, rows)
+            return current, loss, loss
         tape.reset((1 + cfg.train.sa_steps) * c)
         chosen, chosen_loss = current, None
         source_eval = torch.zeros(c, dtype=torch.long, device=self.device)  # where each kept structure was recorded
         source_row = rows.clone()
         for step in range(cfg.train.sa_steps):
-            proposed = self._propose(probs, chosen, ids, round_idx, step)
+            proposed = self._propose(probs, chosen, ids, round_idx, step, sa_traj)
             # A proposal equal to the current structure (the redrawn block came out the same; most of
             # them once the proposal network is good) has the current loss: only the others are rolled out.
             moved = (proposed != chosen).any(dim=1).nonzero().squeeze(1)  # [m] rows of tasks whose proposal differs
@@ -202,7 +216,10 @@ class ShardWorker:
         idx = ids - self.start
         sa_traj, grad_traj = split_windows(self.trajectories[idx], cfg.train.grad_split, cfg.train.heldout_frames)
         current = self.structures[idx].long()  # [tasks, edges]
-        learned = cfg.proposal.proposal == "learned"
+        warm = round_idx < cfg.train.warmup_rounds
+        if warm:  # every edge runs module 0 (the full graph); the tasks' own structures wait
+            current = torch.zeros_like(current)
+        learned = cfg.proposal.proposal == "learned" and not warm
         self.proposer.zero_grad(set_to_none=True)
         logits = self.proposer(sa_traj) if learned else None  # one forward serves proposals and training
         self.lib.zero_grad(set_to_none=True)
@@ -217,7 +234,8 @@ class ShardWorker:
                 chosen[part], chosen_loss[part], grad_loss[part] = self._anneal_and_backward(
                     sa_traj[part], grad_traj[part], current[part], None if probs is None else probs[part],
                     ids[part], round_idx, temperature, counts)
-        self.structures[idx] = chosen.to(torch.int8)
+        if not warm:
+            self.structures[idx] = chosen.to(torch.int8)
         if learned:
             prop_losses = proposal_loss(logits, chosen)
             prop_losses.sum().backward()
@@ -225,13 +243,13 @@ class ShardWorker:
         else:
             prop_sum = 0.0
         accepted, worse, worse_accepted = counts.tolist()  # the round's one sync
-        changed = (chosen != current).any(dim=1)
+        changed = (chosen != current).any(dim=1) & (not warm)
         labels = self.labels[idx.cpu().numpy()]
         return ShardReport(
             shard_id=self.shard_id, round_idx=round_idx,
             module_grad=flatten_grads(self.lib), proposal_grad=flatten_grads(self.proposer),
             tasks=len(ids), loss_sum=float(chosen_loss.sum()), grad_loss_sum=float(grad_loss.sum()),
-            proposal_loss_sum=prop_sum, proposals=len(ids) * cfg.train.sa_steps, accepted=accepted, worse=worse, worse_accepted=worse_accepted,
+            proposal_loss_sum=prop_sum, proposals=0 if warm else len(ids) * cfg.train.sa_steps, accepted=accepted, worse=worse, worse_accepted=worse_accepted,
             changed_ids=ids[changed].cpu().numpy(),
             changed_structures=chosen[changed].to(torch.int8).cpu().numpy(),
             confusion=confusion(chosen.cpu().numpy(), labels, cfg.model.edge_modules),

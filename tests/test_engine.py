@@ -83,10 +83,11 @@ def small(**train):
         "train": {"meta_batch_size": 10, "sa_steps": 2, **train}}))
 
 
-@pytest.mark.parametrize("grad_split", ["same", "heldout"])
-def test_shard_round_gradient_equals_autograd_on_the_kept_structures(tiny_dataset, grad_split):
+@pytest.mark.parametrize("grad_split, block_search", [("same", 0), ("heldout", 0), ("same", 1)])
+def test_shard_round_gradient_equals_autograd_on_the_kept_structures(tiny_dataset, grad_split, block_search):
     """The whole round (2 SA steps, chunks of 3 tasks) against autograd on the structures it kept."""
     cfg = small(chunk_tasks=3, grad_split=grad_split, heldout_frames=4)
+    cfg = C.Config.from_dict(C.merge(cfg.to_dict(), {"proposal": {"block_search_rounds": block_search}}))
     shard = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
     server = ParameterServer(cfg, 4, shard.trajectories.shape[1] - (4 if grad_split == "heldout" else 0))
     ids = sample_batch(0, 0, 24, 10)
@@ -97,6 +98,23 @@ def test_shard_round_gradient_equals_autograd_on_the_kept_structures(tiny_datase
     np.testing.assert_allclose(report.module_grad, want.numpy(), rtol=1e-4, atol=1e-6)
     loss = anchored_losses(shard.lib, grad_traj, kept, cfg.model.rollout).sum()
     assert report.grad_loss_sum == pytest.approx(float(loss.detach()), rel=1e-5)
+
+
+@pytest.mark.parametrize("grad_split", ["same", "heldout"])
+def test_a_warmup_round_takes_the_full_graph_gradient_and_keeps_the_structures(tiny_dataset, grad_split):
+    cfg = small(chunk_tasks=3, grad_split=grad_split, heldout_frames=4, warmup_rounds=2)
+    shard = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
+    server = ParameterServer(cfg, 4, shard.trajectories.shape[1] - (4 if grad_split == "heldout" else 0))
+    before = shard.get_structures()[1].copy()
+    ids = sample_batch(0, 1, 24, 10)
+    report = shard.step(server.weights(), 1, ids, 1e-3)  # round 1 < 2: warm-up
+    np.testing.assert_array_equal(shard.get_structures()[1], before)
+    assert report.proposals == 0 and len(report.changed_ids) == 0 and not report.proposal_grad.any()
+    _, grad_traj = split_windows(shard.trajectories[torch.as_tensor(ids)], grad_split, 4)
+    full = torch.zeros(len(ids), 20, dtype=torch.long)  # module 0 on every edge
+    want = torch.cat([g.reshape(-1) for g in autograd_grads(shard.lib, grad_traj, full, cfg.model.rollout)])
+    np.testing.assert_allclose(report.module_grad, want.numpy(), rtol=1e-4, atol=1e-6)
+    assert report.proposals == 0 and shard.step(server.weights(), 2, ids, 1e-3).proposals == 20  # round 2 searches
 
 
 def test_chunk_size_changes_only_float_summation_order(tiny_dataset):

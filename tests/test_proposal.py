@@ -1,8 +1,11 @@
 """Learned and uniform proposals, the proposal network's shapes and loss."""
+import itertools
+
+import pytest
 import torch
 
 from nri_ray.graph import edge_index
-from nri_ray.proposal import ProposalNet, proposal_loss, propose_learned, propose_uniform
+from nri_ray.proposal import ProposalNet, proposal_loss, propose_block_optimum, propose_learned, propose_uniform
 
 
 def test_learned_proposal_only_touches_one_nodes_incoming_edges():
@@ -53,3 +56,52 @@ def test_proposal_network_shapes_and_loss():
     target = logits.argmax(-1)
     loss = proposal_loss(logits, target)
     assert loss.shape == (6,) and (loss < torch.log(torch.tensor(3.0))).all()
+
+
+def _one_step_errors(lib, window, structures, stride):
+    """`[tasks, nodes]` one-step error of each node (teacher-forced) on frames 0, s, 2s, .. (autograd rollout)."""
+    from nri_ray.gnn import rollout
+
+    tasks, frames, n, d = window.shape
+    steps = torch.arange(0, frames - 1, stride)
+    starts = window[:, steps].reshape(-1, n, d)  # [tasks * F, nodes, dims]
+    pred = rollout(lib, starts, structures.repeat_interleave(len(steps), dim=0), 1)[:, 0]
+    return ((pred - window[:, steps + 1].reshape(-1, n, d)) ** 2).mean(-1).view(tasks, len(steps), n).mean(1)
+
+
+@pytest.mark.parametrize("k, n", [(2, 5), (3, 4)])
+def test_block_optimum_is_the_exact_one_step_optimum_of_every_node(k, n):
+    """Against brute force: every assignment of a node's incoming edges, scored by gnn.rollout."""
+    from nri_ray.gnn import incoming_edges
+    from nri_ray.modules import ModuleLibrary
+
+    g = torch.Generator().manual_seed(2)
+    lib = ModuleLibrary(k, 4, [16, 16], [16, 16], seed=1, init_spread=0.5)
+    window = torch.randn(6, 9, n, 4, generator=g)
+    current = torch.randint(0, k, (6, n * (n - 1)), generator=g)
+    proposed = propose_block_optimum(lib, window, current, frame_stride=2)
+    incoming = incoming_edges(n)
+    combos = torch.tensor(list(itertools.product(range(k), repeat=n - 1)))  # [C, n-1]
+    errors = []
+    for combo in combos:  # the same block on every node: each node's error depends on its own block only
+        s = torch.zeros(n * (n - 1), dtype=torch.long)
+        s[incoming.reshape(-1)] = combo.repeat(n)
+        errors.append(_one_step_errors(lib, window, s.expand(6, -1), 2))
+    best = combos[torch.stack(errors).argmin(0)]  # [tasks, nodes, n-1]
+    torch.testing.assert_close(proposed[:, incoming], best, rtol=0, atol=0)
+    # the proposal's one-step error is the minimum over the candidates (and no worse than the current one)
+    assert (_one_step_errors(lib, window, proposed, 2) <= _one_step_errors(lib, window, current, 2) + 1e-7).all()
+
+
+def test_block_optimum_falls_back_to_single_edge_moves_when_the_blocks_are_too_many():
+    from nri_ray.gnn import incoming_edges
+    from nri_ray.modules import ModuleLibrary
+
+    g = torch.Generator().manual_seed(3)
+    lib = ModuleLibrary(3, 4, [16, 16], [16, 16], seed=1, init_spread=0.5)
+    window = torch.randn(5, 7, 5, 4, generator=g)
+    current = torch.randint(0, 3, (5, 20), generator=g)
+    proposed = propose_block_optimum(lib, window, current, frame_stride=1, max_candidates=10)  # 81 blocks > 10
+    changed = (proposed != current)[:, incoming_edges(5)].sum(-1)  # [tasks, nodes]
+    assert changed.max() <= 1 and changed.sum() > 0
+    assert (_one_step_errors(lib, window, proposed, 1) <= _one_step_errors(lib, window, current, 1) + 1e-7).all()

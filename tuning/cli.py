@@ -63,3 +63,54 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         summary = run_sweep(spec, args.out, address=args.address or "")
     print(json.dumps(summary, indent=2, default=str))
     return 130 if summary["interrupted"] else (1 if summary["errors"] == summary["trials"] else 0)
+
+
+def register_seeds(esub) -> None:
+    """Add `experiment seeds` to nri-ray's experiment subcommands."""
+    p = esub.add_parser("seeds", help="one config on many (data seed, train seed) pairs, as Ray Tune trials",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-seeds", default="42,1,2", help="seeds of the generated datasets (every pair with --train-seeds)")
+    p.add_argument("--train-seeds", default="42,0", help="training seeds")
+    p.add_argument("--pairs", help="explicit DATA:TRAIN pairs, e.g. 42:42,1:0 (instead of the two lists' product)")
+    p.add_argument("--sim", default="springs", choices=("springs", "charged"), help="simulator of the datasets")
+    p.add_argument("--n-balls", type=int, default=5, help="particles per trajectory")
+    p.add_argument("--num-train", type=int, default=2000, help="meta-train tasks per dataset")
+    p.add_argument("--num-valid", type=int, default=500, help="meta-valid tasks per dataset")
+    p.add_argument("--num-test", type=int, default=1000, help="meta-test tasks per dataset")
+    p.add_argument("--length", type=int, default=5000, help="integration steps of train/valid trajectories")
+    p.add_argument("--length-test", type=int, default=10000, help="integration steps of test trajectories")
+    p.add_argument("--out", required=True, help="output directory (data/, runs/, seeds.json, seeds.png); rerun to continue")
+    p.add_argument("--test-sa-steps", type=int, default=100, help="SA steps per test task when scoring")
+    p.add_argument("--shards-per-trial", type=int, default=2, help="shard actors per trial")
+    p.add_argument("--driver-cpus", type=float, default=0.25, help="CPUs reserved for each trial's driver")
+    p.add_argument("--server-cpus", type=float, default=0.25, help="CPUs reserved for each trial's parameter server")
+    p.add_argument("--preset", default="small", choices=("small", "paper"), help="base config of every pair")
+    p.add_argument("--config", help="YAML or JSON base config (flags override it)")
+    C.add_config_flags(p)
+    p.set_defaults(func=_cmd_seeds, cpus_per_shard_default=0.75)
+
+
+def _cmd_seeds(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .seeds import format_summary, make_spec, parse_pairs, parse_seeds, run_seeds
+
+    if args.pairs:
+        pairs = parse_pairs(args.pairs)
+    else:
+        pairs = [(d, t) for d in parse_seeds(args.data_seeds, "--data-seeds") for t in parse_seeds(args.train_seeds, "--train-seeds")]
+    base = C.preset(args.preset)
+    if args.config:
+        base = C.merge(base, C.load_file(args.config))
+    if args.cpus_per_shard is None:  # a trial of 2 shards fills 2 CPUs: 0.25 + 2 x 0.75 + 0.25
+        base = C.merge(base, {"cluster": {"cpus_per_shard": args.cpus_per_shard_default}})
+    base_cfg = C.config_from_flags(args, base)
+    generate = {"sim": args.sim, "n_balls": args.n_balls, "num_train": args.num_train, "num_valid": args.num_valid,
+                "num_test": args.num_test, "length": args.length, "length_test": args.length_test}
+    out = Path(args.out).resolve()
+    spec = make_spec(pairs=pairs, generate=generate, base=base_cfg.to_dict(), out=out, test_sa_steps=args.test_sa_steps,
+                     shards_per_trial=args.shards_per_trial, driver_cpus=args.driver_cpus, server_cpus=args.server_cpus)
+    result = run_seeds(spec, address=args.address or "")
+    print(format_summary(result))
+    print(f"results: {out / 'seeds.json'}, {out / 'seeds.png'}")
+    return 0
