@@ -294,6 +294,8 @@ class ProposalConfig(Section):
     block_search_rounds: int = param(0, "rounds in which each task's first SA proposal is the one-step block "
                                         "optimum (every node's incoming edges at their best modules for one-step "
                                         "prediction) instead of a drawn one", check=at_least(0))
+    block_start: bool = param(True, "meta-test and meta-valid SA start each task from the better of the proposal "
+                                     "network's most likely structure and the one-step block optimum")
     block_frame_stride: int = param(4, "frames 0, s, 2s, .. of the SA window score the one-step block optimum",
                                     check=at_least(1))
     proposal_clip: float = param(1.0, "gradient-norm clip of the proposal network (0 = none)", check=at_least(0.0))

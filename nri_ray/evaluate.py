@@ -41,7 +41,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
     steps = cfg.train.eval_sa_steps if sa_steps is None else sa_steps
     t0 = time.perf_counter()
     inf = infer_structures(server.lib, server.proposer, traj, ids, sa_frames=sa_frames, rollout_steps=cfg.model.rollout,
-                           steps=steps, epsilon=cfg.proposal.epsilon, temperature=0.0, seed=cfg.train.seed)
+                           steps=steps, epsilon=cfg.proposal.epsilon, temperature=0.0, seed=cfg.train.seed,
+                           block_start=cfg.proposal.block_start, frame_stride=cfg.proposal.block_frame_stride)
     k = cfg.model.edge_modules
     structures = inf.structures.cpu().numpy()
     # Prediction from frame 49 when the trajectory goes on (test split); else the window's end.

@@ -18,7 +18,7 @@ from .annealing import anneal_step
 from .gnn import rollout
 from .metrics import horizon_mse
 from .modules import ModuleLibrary
-from .proposal import ProposalNet, propose_learned
+from .proposal import ProposalNet, propose_block_optimum, propose_learned
 
 # Draws for inference use their own streams (never those of training rounds).
 _INFER_NODE, _INFER_EDGES, _INFER_ACCEPT = 101, 102, 103
@@ -35,8 +35,11 @@ class Inference(NamedTuple):
 @torch.no_grad()
 def infer_structures(lib: ModuleLibrary, proposer: ProposalNet, trajectories: torch.Tensor, task_ids: torch.Tensor,
                      *, sa_frames: int, rollout_steps: int, steps: int, epsilon: float, temperature: float,
-                     seed: int, batch_size: int = 512) -> Inference:
-    """SA structure inference for `[tasks, time, nodes, dims]` trajectories, in task batches."""
+                     seed: int, batch_size: int = 512, block_start: bool = False, frame_stride: int = 4) -> Inference:
+    """SA structure inference for `[tasks, time, nodes, dims]` trajectories, in task batches.
+
+    With `block_start`, each task starts from the better (lower SA loss) of the proposal network's
+    most likely structure and the one-step block optimum (`propose_block_optimum`)."""
     out = []
     workspace = engine.Workspace(trajectories.device, trajectories.dtype)  # rollout buffers shared by every batch and step
     for a in range(0, trajectories.shape[0], batch_size):
@@ -45,6 +48,11 @@ def infer_structures(lib: ModuleLibrary, proposer: ProposalNet, trajectories: to
         probs = torch.softmax(proposer(window), dim=-1)  # [batch, edges, modules]
         first = probs.argmax(dim=-1)
         current, loss = first, engine.losses(lib, window, first, rollout_steps, workspace)
+        if block_start:
+            block = propose_block_optimum(lib, window, first, frame_stride)
+            block_loss = engine.losses(lib, window, block, rollout_steps, workspace)
+            better = block_loss < loss
+            current, loss = torch.where(better.unsqueeze(1), block, current), torch.where(better, block_loss, loss)
         for step in range(steps):
             node_u = rng.uniform(seed, ids, step, _INFER_NODE, 1)[:, 0]
             edge_u = rng.uniform(seed, ids, step, _INFER_EDGES, current.shape[1])

@@ -46,7 +46,7 @@ MUTABLE_ON_RESUME = {("train", "lr"), ("proposal", "epsilon"), ("proposal", "pro
 # structure) above which a finished run is reported as not separated. Measured on springs5 with the
 # small preset (docs/RESULTS.md, seed robustness): converged runs end at 0.02-0.03, runs stuck at
 # 56-80% edge accuracy at 0.13-0.23.
-HEALTH_LIMIT = 0.1
+HEALTH_LIMIT = 0.05
 
 
 def health_warning(summary: dict) -> str | None:
@@ -94,7 +94,8 @@ class Evaluator:
         sa_frames = min(cfg.train.sa_frames, self.trajectories.shape[1])
         inf = infer_structures(server.lib, server.proposer, self.trajectories, self.task_ids, sa_frames=sa_frames,
                                rollout_steps=cfg.model.rollout, steps=cfg.train.eval_sa_steps,
-                               epsilon=cfg.proposal.epsilon, temperature=0.0, seed=cfg.train.seed)
+                               epsilon=cfg.proposal.epsilon, temperature=0.0, seed=cfg.train.seed,
+                               block_start=cfg.proposal.block_start, frame_stride=cfg.proposal.block_frame_stride)
         k = cfg.model.edge_modules
         start = max(0, self.trajectories.shape[1] - 21)  # the last 20 frames of the window
         mse = prediction_mse(server.lib, self.trajectories, inf.structures, start)

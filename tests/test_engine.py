@@ -153,8 +153,8 @@ def test_proposals_equal_to_the_current_structure_are_not_rolled_out(tiny_datase
     shard = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
     propose = shard._propose
 
-    def some_noops(probs, current, ids, round_idx, step):
-        proposed = propose(probs, current, ids, round_idx, step)
+    def some_noops(probs, current, ids, round_idx, step, window):
+        proposed = propose(probs, current, ids, round_idx, step, window)
         keep = (ids % 3 == 0) if step == 0 else torch.ones_like(ids, dtype=torch.bool)  # step 1: all no-ops
         return torch.where(keep.unsqueeze(1), current, proposed)
 

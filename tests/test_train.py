@@ -100,7 +100,11 @@ def test_run_outputs(tmp_path, tiny_dataset):
     result = run(tiny(), tiny_dataset, tmp_path / "r", progress=False)
     for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "summary.json"):
         assert (tmp_path / "r" / name).exists(), name
-    assert set(result.summary) >= {"final_round", "train_loss", "valid_edge_accuracy", "valid_mse", "wall_seconds"}
+    assert set(result.summary) >= {"final_round", "train_loss", "valid_edge_accuracy", "valid_mse", "wall_seconds",
+                                   "health_ratio", "single_module_loss", "separated", "valid_module_share"}
+    assert result.summary["health_ratio"] == pytest.approx(result.summary["valid_loss"] / result.summary["single_module_loss"])
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["health_ratio"] > 0 for row in rows)  # every evaluation records it
     assert C.Config.from_dict(C.load_file(tmp_path / "r" / "config.yaml")) == tiny().resolved()
 
 
