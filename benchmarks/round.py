@@ -100,7 +100,8 @@ class Matmul:
 
 def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> dict:
     overrides = {"model": {"edge_modules": modules},
-                 "train": {"meta_batch_size": batch, "device": device.type, "chunk_tasks": args.chunk_tasks}}
+                 "train": {"meta_batch_size": batch, "device": device.type, "chunk_tasks": args.chunk_tasks,
+                           "warmup_rounds": 0}}  # a search round, also for a preset that starts with a warm-up
     cfg = C.Config.from_dict(C.merge(C.preset(args.preset), overrides))
     tasks = max(batch, 256)
     with tempfile.TemporaryDirectory() as tmp:

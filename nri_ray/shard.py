@@ -129,7 +129,7 @@ class ShardWorker:
 
     def _propose(self, probs, current, ids, round_idx, step, window):
         k, seed = self.cfg.model.edge_modules, self.cfg.train.seed
-        if step == 0 and round_idx < self.cfg.proposal.block_search_rounds:
+        if step == 0 and self.cfg.proposal.block_search:
             return propose_block_optimum(self.lib, window, current, self.cfg.proposal.block_frame_stride)
         shift = rng.STEP_STRIDE * step  # each SA step of a round draws from its own streams
         if self.cfg.proposal.proposal == "uniform":
