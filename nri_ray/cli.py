@@ -140,6 +140,7 @@ def _print_eval(result: dict) -> None:
     print(f"{result['split']} ({result['tasks']} tasks, {result['sa_steps']} SA steps, {result['seconds']:.1f} s)")
     print(f"  edge accuracy (SA)        {result['edge_accuracy']:.4f}")
     print(f"  edge accuracy (proposal)  {result['proposal_accuracy']:.4f}")
+    print(f"  health ratio              {result['health_ratio']:.4f}   (SA loss / best single-module loss; label-free)")
     for h in ("1", "10", "20"):
         if h in mse:
             print(f"  MSE @ {h:>2s} steps            {mse[h]:.3e}   (from frame {result['mse_start_frame']})")

@@ -45,7 +45,7 @@ MUTABLE_ON_RESUME = {("train", "lr"), ("proposal", "epsilon"), ("proposal", "pro
 # The health ratio (meta-valid SA loss of the inferred structures / that of the best single-module
 # structure) above which a finished run is reported as not separated. Measured on springs5 with the
 # small preset (docs/RESULTS.md, seed robustness): converged runs end at 0.02-0.03, runs stuck at
-# 56-80% edge accuracy at 0.13-0.23.
+# 56-91% edge accuracy at 0.085-0.23.
 HEALTH_LIMIT = 0.05
 
 

@@ -137,9 +137,12 @@ def scheduler(spec: dict):
         return ASHAScheduler(time_attr="training_iteration", max_t=iterations,
                              grace_period=max(1, min(spec["grace_evals"], iterations)), reduction_factor=2)
     mutations = pbt_mutations(spec)
+    # Synchronous PBT: trials exploit only once all have reached the same evaluation, so which trial
+    # clones which does not depend on which one the machine happened to run faster (asynchronous PBT
+    # skipped every exploit when one short trial finished before the other reported).
     return PopulationBasedTraining(time_attr="training_iteration", perturbation_interval=spec["perturbation_evals"],
                                    quantile_fraction=spec["pbt_quantile"], hyperparam_mutations=mutations,
-                                   custom_explore_fn=clip_to_mutation_domains(mutations))
+                                   custom_explore_fn=clip_to_mutation_domains(mutations), synch=True)
 
 
 def make_spec(*, space_name: str, data: str, base: dict, num_samples: int, scheduler_name: str, max_rounds: int,
