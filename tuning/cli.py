@@ -25,18 +25,29 @@ def register(sub) -> None:
                    help="what the scheduler optimizes: valid_loss is the meta-valid prediction MSE over the SA "
                         "window (label-free), valid_mse_H the MSE H steps ahead, valid_edge_accuracy needs labels")
     p.add_argument("--max-rounds", type=int, default=600, help="BounceGrad rounds per trial (at most)")
-    p.add_argument("--shards-per-trial", type=int, default=1, help="shard actors per trial")
-    p.add_argument("--driver-cpus", type=float, default=0.5, help="CPUs reserved for each trial's driver")
-    p.add_argument("--server-cpus", type=float, default=0.5, help="CPUs reserved for each trial's parameter server")
+    _add_trial_flags(p, shards=1, driver_cpus=0.5, server_cpus=0.5)
     p.add_argument("--max-concurrent", type=int, default=0, help="trials at once (0 = as resources allow)")
     p.add_argument("--grace-evals", type=int, default=2, help="ASHA: evaluations every trial gets before a cut")
     p.add_argument("--perturbation-evals", type=int, default=2, help="PBT: evaluations between exploit/explore")
     p.add_argument("--pbt-quantile", type=float, default=0.25,
                    help="PBT: the bottom fraction of trials that copy one of the top fraction")
-    p.add_argument("--preset", default="small", choices=("small", "paper"), help="base config of every trial")
+    _add_base_config_flags(p, "trial")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _add_trial_flags(p: argparse.ArgumentParser, *, shards: int, driver_cpus: float, server_cpus: float) -> None:
+    """How one Tune trial (a whole training) is placed: its shard actors and CPU reservations."""
+    p.add_argument("--shards-per-trial", type=int, default=shards, help="shard actors per trial")
+    p.add_argument("--driver-cpus", type=float, default=driver_cpus, help="CPUs reserved for each trial's driver")
+    p.add_argument("--server-cpus", type=float, default=server_cpus,
+                   help="CPUs reserved for each trial's parameter server")
+
+
+def _add_base_config_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """The config every trial starts from: a preset, then a file, then the training flags."""
+    p.add_argument("--preset", default="small", choices=("small", "paper"), help=f"base config of every {what}")
     p.add_argument("--config", help="YAML or JSON base config (flags override it)")
     C.add_config_flags(p)
-    p.set_defaults(func=_cmd_sweep)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -81,12 +92,8 @@ def register_seeds(esub) -> None:
     p.add_argument("--length-test", type=int, default=10000, help="integration steps of test trajectories")
     p.add_argument("--out", required=True, help="output directory (data/, runs/, seeds.json, seeds.png); rerun to continue")
     p.add_argument("--test-sa-steps", type=int, default=100, help="SA steps per test task when scoring")
-    p.add_argument("--shards-per-trial", type=int, default=2, help="shard actors per trial")
-    p.add_argument("--driver-cpus", type=float, default=0.25, help="CPUs reserved for each trial's driver")
-    p.add_argument("--server-cpus", type=float, default=0.25, help="CPUs reserved for each trial's parameter server")
-    p.add_argument("--preset", default="small", choices=("small", "paper"), help="base config of every pair")
-    p.add_argument("--config", help="YAML or JSON base config (flags override it)")
-    C.add_config_flags(p)
+    _add_trial_flags(p, shards=2, driver_cpus=0.25, server_cpus=0.25)
+    _add_base_config_flags(p, "pair")
     p.set_defaults(func=_cmd_seeds, cpus_per_shard_default=0.75)
 
 
