@@ -44,8 +44,9 @@ MUTABLE_ON_RESUME = {("train", "lr"), ("proposal", "epsilon"), ("proposal", "pro
 
 # The health ratio (meta-valid SA loss of the inferred structures / that of the best single-module
 # structure) above which a finished run is reported as not separated. Measured on springs5 with the
-# small preset (docs/RESULTS.md, seed robustness): converged runs end at 0.02-0.03, runs stuck at
-# 56-91% edge accuracy at 0.085-0.23.
+# small preset (docs/RESULTS.md, seed robustness): with block-start inference converged runs end
+# at 0.003-0.013 and runs stuck at 57-69% edge accuracy at 0.14-0.19; with the greedy inference
+# used before, 0.02-0.03 against 0.085-0.23 (a run at 91% was at 0.085).
 HEALTH_LIMIT = 0.05
 
 
