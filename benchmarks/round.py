@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nri_ray import config as C  # noqa: E402
+from nri_ray.bouncegrad import chunk_size  # noqa: E402
 from nri_ray.data import SplitWriter, build_meta, write_meta  # noqa: E402
 from nri_ray.engine import active_anchors  # noqa: E402
 from nri_ray.server import ParameterServer  # noqa: E402
@@ -109,12 +110,12 @@ def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> d
         shard = ShardWorker(0, tmp, 0, tasks, cfg, device.type)
     server = ParameterServer(cfg, 4, args.frames)
     weights = server.weights()
-    # The round's GEMMs run chunk by chunk (ShardWorker.chunk_tasks): the largest is one module's share
+    # The round's GEMMs run chunk by chunk (bouncegrad.chunk_size): the largest is one module's share
     # of a chunk's SA forward (current + proposed). Reference: a plain torch.matmul of that shape. Stricter:
     # the best rate of that shape and of the whole batch's, each plain and into a preallocated output.
     # The matmuls are timed between the rounds, so that both medians come from the same minutes.
     anchors = len(active_anchors(args.frames, cfg.model.rollout)[0])
-    chunk = shard.chunk_tasks(batch)
+    chunk = chunk_size(cfg, shard.tapes.sa, batch, device)
     largest = 2 * chunk * anchors * nodes * (nodes - 1) // modules
     whole = batch * anchors * nodes * (nodes - 1)
     matmuls = [Matmul(rows, device, pre) for rows in (largest, whole) for pre in (False, True)]
@@ -125,7 +126,7 @@ def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> d
         ids = sample_batch(0, r, tasks, batch)
         sync(device)
         t = time.perf_counter()
-        weights = server.apply([shard.step(weights, r, ids, 1e-4)])
+        weights, _ = server.apply(shard.step(weights, r, ids, 1e-4)[1])
         sync(device)
         times.append(time.perf_counter() - t)
         for m in matmuls:
@@ -135,7 +136,7 @@ def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> d
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            server.apply([shard.step(weights, len(times), sample_batch(0, len(times), tasks, batch), 1e-4)])
+            server.apply(shard.step(weights, len(times), sample_batch(0, len(times), tasks, batch), 1e-4)[1])
             sync(device)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=args.profile), flush=True)
@@ -146,7 +147,7 @@ def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> d
         peak = torch.cuda.max_memory_allocated()
     else:  # the process's peak resident set so far (Linux reports KiB); in a sweep, the largest point so far
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    workspace = shard.sa_tape.ws.nbytes()  # the tapes' and backward's buffers (shared by both tapes)
+    workspace = shard.tapes.sa.ws.nbytes()  # the tapes' and backward's buffers (shared by both tapes)
     return {"device": device.type, "batch": batch, "nodes": nodes, "edge_modules": modules,
             "chunk_tasks": chunk, "matmul_rows": largest, "seconds_per_round": seconds, "tasks_per_second": batch / seconds,
             "round_flops": flops, "achieved_flops_per_s": flops / seconds, "matmul_flops_per_s": mm,

@@ -33,7 +33,7 @@ from .io import atomic_write_text
 from .metrics import edge_accuracy, horizon_mse
 from .proposal import proposal_loss
 from .rng import uniform
-from .server import build_models
+from .weights import build_models
 from .train import sample_batch
 
 METHODS = ("modular", "static", "full-graph", "true-graph", "supervised", "nri-vae")

@@ -2,7 +2,12 @@
 
 Both expose the same interface to the training loop:
 
-- `step_all(weights, round_idx, batch_ids, temperature) -> list[ShardReport]`
+- `make_server(cfg, dims, in_frames)`: the parameter server (in process, or an actor behind the
+  same interface: `weights()`, `apply(*gradients) -> (weights, Applied)`, `observe`, `lr`,
+  `models()` for evaluation, `state_dict`/`load_state_dict` for checkpoints)
+- `step_all(weights, round_idx, batch_ids, temperature, mirror) -> (list[ShardStats], gradients)`:
+  the driver reads the statistics; the gradients go to `server.apply` as they are (under Ray,
+  object references: gradients and weights travel between actors and never through the driver)
 - `structures() -> [tasks, edges] int8` (every meta-train task's current structure)
 - `set_structures(structures)` (restore after a resume or a restart)
 
@@ -19,8 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .shard import ShardReport, ShardWorker
-from .server import ParameterServer, Weights, unflatten_into
+from .errors import NriRayError
+from .server import Applied, ParameterServer
+from .shard import ShardStats, ShardWorker
+from .weights import Gradients, Weights, build_models, load_weights
+
+
+class ActorFailures(NriRayError):
+    """More actors died than `cluster.max_shard_failures` allows; the last checkpoint is kept."""
 
 
 def shard_ranges(num_tasks: int, num_shards: int) -> list[tuple[int, int]]:
@@ -43,10 +54,11 @@ class LocalBackend:
         self.shards = [ShardWorker(i, data_dir, a, b, cfg, cfg.train.device) for i, (a, b) in enumerate(self.ranges)]
 
     def step_all(self, weights: Weights, round_idx: int, batch_ids: np.ndarray, temperature: float,
-                 mirror: np.ndarray | None = None) -> list[ShardReport]:
+                 mirror: np.ndarray | None = None) -> tuple[list[ShardStats], list[Gradients]]:
         del mirror  # in-process shards cannot die on their own
-        return [shard.step(weights, round_idx, ids, temperature)
-                for shard, ids in zip(self.shards, route(batch_ids, self.ranges)) if len(ids)]
+        out = [shard.step(weights, round_idx, ids, temperature)
+               for shard, ids in zip(self.shards, route(batch_ids, self.ranges)) if len(ids)]
+        return [stats for stats, _ in out], [grads for _, grads in out]
 
     def make_server(self, cfg: Config, dims: int, in_frames: int) -> ParameterServer:
         return ParameterServer(cfg, dims, in_frames)
@@ -58,7 +70,7 @@ class LocalBackend:
         for shard, (a, b) in zip(self.shards, self.ranges):
             shard.set_structures(np.arange(a, b), structures[a:b])
 
-    def observe_round(self, round_idx: int, stats: dict, reports: list[ShardReport]) -> None:
+    def observe_round(self, round_idx: int, stats: dict, reports: list[ShardStats]) -> None:
         """Metrics hook (Ray exports them to the dashboard; nothing to do in process)."""
 
     def observe_eval(self, row: dict) -> None:
@@ -90,9 +102,9 @@ class RayBackend:
     """One Ray actor per shard, named `nri-shard-<i>` in the run's namespace.
 
     Each actor reads its own rows of the train split (only paths and ids cross the wire) and owns
-    its tasks' structures. Per round the driver `ray.put`s the weights once, calls every shard
-    that owns tasks of the meta-batch with that one reference, and gathers all reports with one
-    `ray.get`. Round methods are never retried by Ray (`max_task_retries=0`): when a shard dies,
+    its tasks' structures. Per round the driver calls every shard that owns tasks of the meta-batch
+    with the reference of the weights the server returned, and fetches only the shards' statistics
+    with one `ray.get`; the gradients stay references, passed on to the server. Round methods are never retried by Ray (`max_task_retries=0`): when a shard dies,
     the driver replaces the actor, hands it back its tasks' structures from its mirror (as of the
     end of the previous round) and re-issues that shard's round; every draw is keyed by (seed,
     task, round), so the run ends exactly as one without the failure.
@@ -162,36 +174,42 @@ class RayBackend:
         """Start a fresh actor for shard i and give it back its tasks' structures."""
         self.failures += 1
         if self.failures > self.cfg.cluster.max_shard_failures:
-            raise RuntimeError(f"shard {i}: {self.failures} shard failures, more than cluster.max_shard_failures")
+            raise ActorFailures(f"shard {i} died: {self.failures} actor failures in this run, more than "
+                                f"cluster.max_shard_failures ({self.cfg.cluster.max_shard_failures}); resume from the "
+                                f"last checkpoint with --resume once the cluster is healthy")
         log.warning("shard %d died; replacing it and retrying its round (failure %d)", i, self.failures)
         self.shards[i] = respawn(self.ray, self.shards[i], lambda: self._start(i))
         a, b = self.ranges[i]
         self.ray.get(self.shards[i].set_structures.remote(np.arange(a, b), structures[a:b]))
 
-    def step_all(self, weights: Weights, round_idx: int, batch_ids: np.ndarray, temperature: float,
-                 mirror: np.ndarray | None = None) -> list[ShardReport]:
-        weights_ref = self.ray.put(weights)  # one object, one fetch per node
-        jobs = [(i, ids) for i, ids in enumerate(route(batch_ids, self.ranges)) if len(ids)]
-        refs = {i: self.shards[i].step.remote(weights_ref, round_idx, ids, temperature) for i, ids in jobs}
+    def _submit(self, i: int, weights, round_idx: int, ids: np.ndarray, temperature: float):
+        return self.shards[i].step.options(num_returns=2).remote(weights, round_idx, ids, temperature)
+
+    def step_all(self, weights, round_idx: int, batch_ids: np.ndarray, temperature: float,
+                 mirror: np.ndarray | None = None) -> tuple[list[ShardStats], list]:
+        if not isinstance(weights, self.ray.ObjectRef):  # a server's reference is passed on as it is
+            weights = self.ray.put(weights)
+        jobs = dict((i, ids) for i, ids in enumerate(route(batch_ids, self.ranges)) if len(ids))
+        refs = {i: self._submit(i, weights, round_idx, ids, temperature) for i, ids in jobs.items()}
         try:
-            reports = self.ray.get(list(refs.values()))  # one get for all shards
-            return [r for _, r in sorted(zip(refs, reports), key=lambda pair: pair[0])]
+            stats = self.ray.get([s for s, _ in refs.values()])  # one get, statistics only
+            return stats, [g for _, g in refs.values()]
         except self.ray.exceptions.RayActorError:
             pass
-        # Failure path: keep the reports that arrived, replace dead shards, re-issue their round.
-        done: dict[int, ShardReport] = {}
+        # Failure path: keep what arrived, replace dead shards, re-issue their round.
+        done: dict[int, tuple] = {}
         while refs:
             failed = []
-            for i, ref in refs.items():
+            for i, (stats_ref, grads_ref) in refs.items():
                 try:
-                    done[i] = self.ray.get(ref)
+                    done[i] = (self.ray.get(stats_ref), grads_ref)
                 except self.ray.exceptions.RayActorError:
                     failed.append(i)
             refs = {}
             for i in failed:
                 self._replace(i, mirror if mirror is not None else self._mirror_fallback())
-                refs[i] = self.shards[i].step.remote(weights_ref, round_idx, dict(jobs)[i], temperature)
-        return [done[i] for i in sorted(done)]
+                refs[i] = self._submit(i, weights, round_idx, jobs[i], temperature)
+        return [done[i][0] for i in sorted(done)], [done[i][1] for i in sorted(done)]
 
     def _metrics(self):
         if not hasattr(self, "_gauges"):
@@ -210,7 +228,7 @@ class RayBackend:
             self._last = time.perf_counter()
         return self._gauges
 
-    def observe_round(self, round_idx: int, stats: dict, reports: list[ShardReport]) -> None:
+    def observe_round(self, round_idx: int, stats: dict, reports: list[ShardStats]) -> None:
         """Export the round's numbers as `ray.util.metrics` (Prometheus, the dashboard), tagged by run."""
         g, tags = self._metrics(), {"run": self.namespace}
         now = time.perf_counter()
@@ -263,78 +281,83 @@ class RayBackend:
 class RemoteServer:
     """The parameter-server actor (`nri-parameter-server`) behind ParameterServer's interface.
 
-    The driver keeps the server's whole state as of the last round (weights, both optimizers,
-    plateau schedule; `apply_with_state` returns it with the new weights). If the actor dies, a
-    new one is started from that copy and the round's `apply` is re-sent: nothing is lost. A
-    local replica of the models serves evaluation (`lib`, `proposer`), refreshed on access.
+    Weights, gradients and the server's state stay in the object store: `apply` takes the shards'
+    gradient references and returns the new weights as a reference for the next round, and the
+    driver reads only the small `Applied`. After every step the server also returns its whole
+    state (weights, both optimizers, plateau schedule) as an object the driver owns but never
+    fetches (except to write a checkpoint); if the actor dies, a new one loads that object and
+    the step is re-sent, so nothing is lost. (The object lives in the server node's object store:
+    if that whole node is lost, the run stops with an error and resumes from its last checkpoint.)
+    Evaluation gets models without optimizers (`models()`), loaded from the weights on demand.
     """
 
     def __init__(self, ray, cfg: Config, dims: int, in_frames: int, namespace: str, backend: "RayBackend"):
         self.ray, self.cfg, self.namespace, self.backend = ray, cfg, namespace, backend
         self.args = (cfg, dims, in_frames)
-        self.replica = ParameterServer(cfg, dims, in_frames)
         self._remote_cls = ray.remote(max_restarts=0, max_task_retries=0)(ParameterServer)
         self.actor = self._start()
-        self._weights = self.ray.get(self.actor.weights.remote())
-        self._state = self.replica.state_dict()
-        self._synced = False
+        self._weights, self._state = self.actor.weights.remote(), self.actor.state_dict.remote()
+        self._lr = cfg.train.lr
+        self._models, self._models_of = None, None  # evaluation models, and the weights they hold
 
     def _start(self):
         b = self.backend
         options = b.actor_options(len(b.ranges) + 1, "nri-parameter-server", 0, 0, self.cfg.cluster.server_resource)
         return self._remote_cls.options(**options).remote(*self.args)
 
-    def _call(self, method: str, *args):
-        """Call the actor; if it died, start a new one from the driver's copy and call again."""
-        for _ in range(self.cfg.cluster.max_shard_failures + 1):
+    def _call(self, method: str, num_returns: int, *args):
+        """Call the actor; returns its result refs and the fetched last one (the small part).
+        If the actor died, start a new one from the last state object and call again."""
+        while True:
+            refs = getattr(self.actor, method).options(num_returns=num_returns).remote(*args)
+            refs = refs if num_returns > 1 else [refs]
             try:
-                return self.ray.get(getattr(self.actor, method).remote(*args))
+                return refs, self.ray.get(refs[-1])
             except self.ray.exceptions.RayActorError:
                 self.backend.failures += 1
-                log.warning("parameter server died; restoring it from the driver's copy of the last round")
+                if self.backend.failures > self.cfg.cluster.max_shard_failures:
+                    raise ActorFailures(f"the parameter server died: {self.backend.failures} actor failures in this "
+                                        f"run, more than cluster.max_shard_failures "
+                                        f"({self.cfg.cluster.max_shard_failures}); resume from the last checkpoint "
+                                        f"with --resume") from None
+                log.warning("parameter server died; restoring it from the state object of the last round")
                 self.actor = respawn(self.ray, self.actor, self._start)
                 self.ray.get(self.actor.load_state_dict.remote(self._state))
-        raise RuntimeError("the parameter server kept dying")
 
-    def weights(self) -> Weights:
+    def weights(self):
+        """The current weights, as an object reference (shards resolve it themselves)."""
         return self._weights
 
-    def apply(self, reports) -> Weights:
-        self._weights, self._state = self._call("apply_with_state", reports)
-        self._synced = False
-        return self._weights
+    def apply(self, *gradients) -> tuple[object, Applied]:
+        (weights, state, _), applied = self._call("apply_with_state", 3, *gradients)
+        self._weights, self._state, self._lr = weights, state, applied.lr
+        return weights, applied
 
-    def observe(self, metric: float) -> None:
-        self._call("observe", metric)
-        self._state = self._call("state_dict")
+    def observe(self, metric: float) -> float:
+        (state, _), self._lr = self._call("observe_with_state", 2, metric)
+        self._state = state
+        return self._lr
 
     def lr(self) -> float:
-        return float(self._state["opt_modules"]["param_groups"][0]["lr"])
+        return self._lr
 
     def state_dict(self) -> dict:
-        return self._state
+        return self.ray.get(self._state)
 
     def load_state_dict(self, state: dict) -> None:
-        self._state = state
-        self._call("load_state_dict", state)
-        self._weights = self._call("weights")
-        self._synced = False
+        self._state = self.ray.put(state)
+        self._call("load_state_dict", 1, self._state)
+        self._weights = self._call("weights", 1)[0][0]
+        self._lr = float(state["opt_modules"]["param_groups"][0]["lr"])
 
-    def _sync(self) -> None:
-        if not self._synced:
-            unflatten_into(self.replica.lib, self._weights.modules)
-            unflatten_into(self.replica.proposer, self._weights.proposal)
-            self._synced = True
-
-    @property
-    def lib(self):
-        self._sync()
-        return self.replica.lib
-
-    @property
-    def proposer(self):
-        self._sync()
-        return self.replica.proposer
+    def models(self):
+        """(module library, proposal network) holding the current weights: the driver's only copy."""
+        if self._models is None:
+            self._models = build_models(*self.args)
+        if self._models_of is not self._weights:
+            load_weights(*self._models, self.ray.get(self._weights))
+            self._models_of = self._weights
+        return self._models
 
 
 def make_backend(cfg: Config, data_dir: str | Path, num_tasks: int, run_name: str = "run"):

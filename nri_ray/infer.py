@@ -87,10 +87,13 @@ def prediction_mse(lib: ModuleLibrary, trajectories: torch.Tensor, structures: t
     return horizon_mse(pred, trajectories[:, start + 1:start + 1 + steps], horizons)
 
 
+PREDICTION_STEPS = 20  # MSE is reported at 1 .. 20 steps ahead (NRI's Table 1 horizons: 1, 10, 20)
+
+
 def prediction_start(frames: int, sa_frames: int) -> int:
-    """Frame predictions start from: 49 (the end of the observed window) when the trajectory goes
-    on past it (the test split), else 20 frames before its end."""
-    return sa_frames if frames > sa_frames + 1 else max(0, frames - 21)
+    """Frame predictions start from: `sa_frames` (the end of the observed window, 49) when the
+    trajectory goes on past it (the test split), else PREDICTION_STEPS frames before its end."""
+    return sa_frames if frames > sa_frames + 1 else max(0, frames - 1 - PREDICTION_STEPS)
 
 
 @torch.no_grad()

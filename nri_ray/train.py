@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -22,14 +23,14 @@ from tqdm import tqdm
 from . import checkpoint, rng
 from .annealing import TemperatureState, initial_state, next_temperature
 from .config import Config
-from .data import Dataset, Normalization
+from .data import DIMS, Dataset, Normalization
 from .distributed import make_backend
 from .errors import NriRayError
-from .infer import infer_structures, module_share, prediction_mse, structure_health
+from .infer import infer_structures, module_share, prediction_mse, prediction_start, structure_health
 from .io import atomic_write_text
 from .metrics import edge_accuracy, matched_accuracy
-from .server import ParameterServer
-from .shard import resolve_device, split_windows
+from .shard import resolve_device
+from .weights import Models, build_models
 
 # Fields that may differ between a run and its resume (they change no result).
 RESUMABLE_CHANGES = {("train", "rounds"), ("train", "eval_every"), ("train", "checkpoint_every"),
@@ -90,17 +91,19 @@ class Evaluator:
     def due(self, round_idx: int, last: bool) -> bool:
         return (round_idx + 1) % self.cfg.train.eval_every == 0 or last
 
-    def __call__(self, server: ParameterServer) -> dict:
+    def __call__(self, lib, proposer) -> dict:
         cfg = self.cfg
+        device = self.trajectories.device
+        lib, proposer = lib.to(device), proposer.to(device)
         sa_frames = min(cfg.train.sa_frames, self.trajectories.shape[1])
-        inf = infer_structures(server.lib, server.proposer, self.trajectories, self.task_ids, sa_frames=sa_frames,
+        inf = infer_structures(lib, proposer, self.trajectories, self.task_ids, sa_frames=sa_frames,
                                rollout_steps=cfg.model.rollout, steps=cfg.train.eval_sa_steps,
                                epsilon=cfg.proposal.epsilon, temperature=0.0, seed=cfg.train.seed,
                                block_start=cfg.proposal.block_start, frame_stride=cfg.proposal.block_frame_stride)
         k = cfg.model.edge_modules
-        start = max(0, self.trajectories.shape[1] - 21)  # the last 20 frames of the window
-        mse = prediction_mse(server.lib, self.trajectories, inf.structures, start)
-        health = structure_health(server.lib, self.trajectories[:, :sa_frames], inf.losses, cfg.model.rollout)
+        start = prediction_start(self.trajectories.shape[1], sa_frames)  # the window's last frames
+        mse = prediction_mse(lib, self.trajectories, inf.structures, start)
+        health = structure_health(lib, self.trajectories[:, :sa_frames], inf.losses, cfg.model.rollout)
         return {"valid_edge_accuracy": edge_accuracy(inf.structures.cpu().numpy(), self.labels, k),
                 "valid_proposal_accuracy": edge_accuracy(inf.proposal_structures.cpu().numpy(), self.labels, k),
                 "valid_loss": float(inf.losses.mean()),
@@ -153,37 +156,23 @@ def _round_stats(reports) -> dict:
             "batch_edge_accuracy": matched_accuracy(conf), "shard_seconds": max(r.seconds for r in reports)}
 
 
-def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False,
-        report: Callable[[dict], None] | None = None, progress: bool = True, backend=None,
-        run_name: str | None = None, mutate: bool = False) -> Result:
-    """Train (or resume) a run.
+def _resume_state(cfg: Config, data: Dataset, data_dir, run_dir: Path, mutate: bool) -> dict:
+    """The checkpoint to resume from, checked against the config and the data."""
+    state = checkpoint.load(run_dir)
+    check_resume_config(state["config"], cfg, run_dir, MUTABLE_ON_RESUME if mutate else frozenset())
+    for optimizer, section, field in (("opt_modules", "train", "lr"), ("opt_proposal", "proposal", "proposal_lr")):
+        lr = getattr(getattr(cfg, section), field)
+        if state["config"][section][field] != lr:  # a mutated lr replaces the saved one (and its plateau cuts)
+            for group in state[optimizer]["param_groups"]:
+                group["lr"] = lr
+    if state["meta"]["n_balls"] != data.n_balls:
+        raise NriRayError(f"--data {data_dir}: {data.n_balls} balls, the checkpoint was trained on "
+                          f"{state['meta']['n_balls']}")
+    return state
 
-    `report(metrics)` is called at every evaluation, after that round's checkpoint (if one is due)
-    is written. `run_name` names the Ray namespace (default: the run directory's name).
-    `mutate=True` lets a resume change the MUTABLE_ON_RESUME hyper-parameters (PBT).
-    """
-    cfg = cfg.resolved()
-    run_dir, data = Path(run_dir), Dataset(data_dir)
-    torch.manual_seed(cfg.train.seed)  # nothing should draw from it; belt and braces
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    state = checkpoint.load(run_dir) if resume else None
-    if state is not None:
-        check_resume_config(state["config"], cfg, run_dir, MUTABLE_ON_RESUME if mutate else frozenset())
-        for optimizer, section, field in (("opt_modules", "train", "lr"), ("opt_proposal", "proposal", "proposal_lr")):
-            lr = getattr(getattr(cfg, section), field)
-            if state["config"][section][field] != lr:  # a mutated lr replaces the saved one (and its plateau cuts)
-                for group in state[optimizer]["param_groups"]:
-                    group["lr"] = lr
-        if state["meta"]["n_balls"] != data.n_balls:
-            raise NriRayError(f"--data {data_dir}: {data.n_balls} balls, the checkpoint was trained on "
-                              f"{state['meta']['n_balls']}")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise NriRayError(f"--out {run_dir}: already exists and is not empty; use --resume {run_dir} or another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    device = resolve_device(cfg.train.device)
+def _run_meta(cfg: Config, data: Dataset, data_dir) -> dict:
+    """What a run records about its data (and checks of the config against it)."""
     num_tasks = data.num_tasks("train")
     if cfg.train.train_tasks:
         if cfg.train.train_tasks > num_tasks:
@@ -192,13 +181,63 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
     frames = data.frames("train")
     if cfg.train.grad_split == "heldout" and frames - cfg.train.heldout_frames < 2:
         raise NriRayError(f"train.heldout_frames: {cfg.train.heldout_frames} leaves fewer than 2 of {frames} frames for SA")
-    in_frames = split_windows(torch.zeros(1, frames, 1, 1), cfg.train.grad_split, cfg.train.heldout_frames)[0].shape[1]
-    meta = {"n_balls": data.n_balls, "dims": 4, "in_frames": in_frames, "num_tasks": num_tasks,
+    in_frames = frames if cfg.train.grad_split == "same" else frames - cfg.train.heldout_frames  # the SA window
+    return {"n_balls": data.n_balls, "dims": DIMS, "in_frames": in_frames, "num_tasks": num_tasks,
             "simulator": data.sim, "normalization": data.normalization._asdict(), "data_dir": str(Path(data_dir).resolve())}
-    backend = backend or make_backend(cfg, data_dir, num_tasks, run_name or run_dir.name)
-    server = backend.make_server(cfg, 4, in_frames)  # in process, or the parameter-server actor
-    server.lib.to(device)
-    server.proposer.to(device)
+
+
+def _fail_nonfinite(what: str, round_idx: int, value, run_dir: Path) -> TrainingError:
+    saved = (run_dir / checkpoint.LATEST).exists()
+    kept = f"the last good checkpoint in {run_dir / checkpoint.LATEST} is kept" if saved else "no checkpoint had been written yet"
+    return TrainingError(f"round {round_idx}: non-finite {what} ({value}); stopped; {kept} (a lower --lr may help)")
+
+
+def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool = False,
+        report: Callable[[dict], None] | None = None, progress: bool = True, backend=None,
+        run_name: str | None = None, mutate: bool = False) -> Result:
+    """Train (or resume) a run.
+
+    `report(metrics)` is called at every evaluation, after that round's checkpoint (if one is due)
+    is written. `run_name` names the Ray namespace (default: the run directory's name).
+    `mutate=True` lets a resume change the MUTABLE_ON_RESUME hyper-parameters (PBT). The backend
+    (given or made here) is closed when the run ends, however it ends. A new run that fails
+    before its first checkpoint leaves nothing behind, so the same command can be retried.
+    """
+    cfg = cfg.resolved()
+    run_dir, data = Path(run_dir), Dataset(data_dir)
+    torch.manual_seed(cfg.train.seed)  # nothing should draw from it; belt and braces
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    state = _resume_state(cfg, data, data_dir, run_dir, mutate) if resume else None
+    if state is None and run_dir.exists() and any(run_dir.iterdir()):
+        raise NriRayError(f"--out {run_dir}: already exists and is not empty; use --resume {run_dir} or another --out")
+    meta = _run_meta(cfg, data, data_dir)
+    created = not run_dir.exists()
+    try:
+        backend = backend or make_backend(cfg, data_dir, meta["num_tasks"], run_name or run_dir.name)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            summary = _train(cfg, data, run_dir, meta, state, backend, report, progress)
+        finally:
+            backend.close()
+    except BaseException:
+        if state is None and not (run_dir / checkpoint.LATEST).exists():  # a failed start: nothing to resume
+            if created:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            else:
+                for name in ("config.yaml", "metrics.jsonl"):
+                    (run_dir / name).unlink(missing_ok=True)
+        raise
+    return Result(run_dir, summary)
+
+
+def _train(cfg: Config, data: Dataset, run_dir: Path, meta: dict, state: dict | None, backend, report,
+           progress: bool) -> dict:
+    """The round loop of `run`; returns the summary."""
+    device = resolve_device(cfg.train.device)
+    server = backend.make_server(cfg, meta["dims"], meta["in_frames"])  # in process, or the parameter-server actor
+    for model in server.models():  # in process: before the optimizers hold any state
+        model.to(device)
     temp, start_round, wall_before = initial_state(cfg.anneal.t0), 0, 0.0
     if state is not None:
         server.load_state_dict(state)
@@ -207,37 +246,36 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
         start_round, wall_before = int(state["round"]) + 1, float(state.get("wall_seconds", 0.0))
     mirror = backend.structures()  # [tasks, edges] int8: the driver's copy of every structure
     if getattr(backend, "dashboard_url", None):
-        print(f"Ray dashboard: http://{backend.dashboard_url}", flush=True)
+        print(f"Ray dashboard: http://{backend.dashboard_url} (token authentication is on: paste the token "
+              f"that `ray get-auth-token` prints)", flush=True)
     if hasattr(backend, "placement"):
         nodes = backend.placement()
         print(f"{len(nodes)} shard actors on {len(set(nodes))} Ray node(s)", flush=True)
-    evaluator = Evaluator(cfg, data, device, in_frames)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    evaluator = Evaluator(cfg, data, device, meta["in_frames"])
     log = MetricsLog(run_dir / "metrics.jsonl", start_round if state is not None else None)  # rounds done
     checkpointer = Checkpointer(run_dir, cfg.train.checkpoint_every)
     rounds, t_start = cfg.train.rounds, time.perf_counter()
     bar = tqdm(range(start_round, rounds), initial=start_round, total=rounds, disable=not progress, desc="bouncegrad",
                mininterval=1.0)
-    stats, last_eval = {}, {}
+    stats, last_eval, weights = {}, {}, server.weights()
     for round_idx in bar:
         last = round_idx == rounds - 1
-        batch = sample_batch(cfg.train.seed, round_idx, num_tasks, cfg.train.meta_batch_size)
-        weights = server.weights()
-        reports = backend.step_all(weights, round_idx, batch, temp.temperature, mirror)
+        batch = sample_batch(cfg.train.seed, round_idx, meta["num_tasks"], cfg.train.meta_batch_size)
+        reports, gradients = backend.step_all(weights, round_idx, batch, temp.temperature, mirror)
         stats = _round_stats(reports)
         if not all(math.isfinite(stats[k]) for k in ("loss", "grad_loss", "proposal_loss")):
-            saved = (run_dir / checkpoint.LATEST).exists()
-            kept = (f"the last good checkpoint in {run_dir / checkpoint.LATEST} is kept" if saved
-                    else "no checkpoint had been written yet")
-            raise TrainingError(f"round {round_idx}: non-finite loss ({stats['grad_loss']}); stopped; {kept} "
-                                f"(a lower --lr may help)")
-        server.apply(reports)
+            raise _fail_nonfinite("loss", round_idx, stats["grad_loss"], run_dir)
+        weights, applied = server.apply(*gradients)  # gradients and weights: references under Ray
+        if not applied.finite:
+            raise _fail_nonfinite("gradient", round_idx, f"loss {stats['grad_loss']:.3e} is finite", run_dir)
         for r in reports:
             mirror[r.changed_ids] = r.changed_structures
         stats["temperature"] = temp.temperature
         backend.observe_round(round_idx, stats, reports)
         temp = next_temperature(temp, round_idx, stats["worse"], stats["worse_accepted"], cfg.anneal)
         if evaluator.due(round_idx, last):
-            last_eval = evaluator(server)
+            last_eval = evaluator(*server.models())
             if (round_idx + 1) % cfg.train.eval_every == 0:
                 server.observe(last_eval["valid_loss"])  # only on the regular cadence: resume stays exact
             row = {"round": round_idx + 1, **{k: v for k, v in stats.items() if k not in ("worse", "worse_accepted")},
@@ -246,7 +284,8 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
             log.log(row)
             backend.observe_eval(row)
         bar.set_postfix(loss=f"{stats['loss']:.2e}", acc_rate=f"{stats['accept_rate']:.2f}",
-                        edge_acc=f"{last_eval.get('valid_edge_accuracy', float('nan')):.3f}", refresh=False)
+                        edge_acc=f"{last_eval.get('valid_edge_accuracy', float('nan')):.3f}",
+                        health=f"{last_eval.get('health_ratio', float('nan')):.3f}", refresh=False)
         checkpointer.maybe_save(round_idx, last, lambda: {
             **server.state_dict(), "round": round_idx, "config": cfg.to_dict(), "meta": meta,
             "structures": torch.as_tensor(mirror), "temperature": list(temp),
@@ -254,22 +293,19 @@ def run(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, resume: bool 
         if report and evaluator.due(round_idx, last):
             report(row)
     bar.close()
-    backend.close()
-    summary = {"final_round": rounds, "train_loss": stats.get("grad_loss"), **last_eval,
+    summary = {"final_round": cfg.train.rounds, "train_loss": stats.get("grad_loss"), **last_eval,
                "wall_seconds": wall_before + time.perf_counter() - t_start}
     summary["separated"] = health_warning(summary) is None if "health_ratio" in summary else None
     atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return Result(run_dir, summary)
+    return summary
 
 
 def load_run(run_dir: str | Path, device: str = "cpu"):
-    """Modules, proposal network, config and meta of a trained run (for evaluation)."""
+    """Models (no optimizers), config, meta and normalization of a trained run (for evaluation)."""
     state = checkpoint.load(Path(run_dir))
     cfg = Config.from_dict(state["config"])
-    server = ParameterServer(cfg, state["meta"]["dims"], state["meta"]["in_frames"])
-    server.lib.load_state_dict(state["modules"])
-    server.proposer.load_state_dict(state["proposal"])
+    lib, proposer = build_models(cfg, state["meta"]["dims"], state["meta"]["in_frames"])
+    lib.load_state_dict(state["modules"])
+    proposer.load_state_dict(state["proposal"])
     dev = resolve_device(device)
-    server.lib.to(dev).eval()
-    server.proposer.to(dev).eval()
-    return server, cfg, state["meta"], Normalization(**state["meta"]["normalization"])
+    return Models(lib.to(dev).eval(), proposer.to(dev).eval()), cfg, state["meta"], Normalization(**state["meta"]["normalization"])

@@ -3,13 +3,15 @@ import numpy as np
 import pytest
 import torch
 
+from nri_ray import bouncegrad
 from nri_ray import config as C
+from nri_ray.bouncegrad import split_windows
 from nri_ray.engine import Tape, Workspace, active_anchors
 from nri_ray.engine import losses as engine_losses
 from nri_ray.gnn import anchored_losses
 from nri_ray.modules import ModuleLibrary
 from nri_ray.server import ParameterServer
-from nri_ray.shard import ShardWorker, split_windows
+from nri_ray.shard import ShardWorker
 from nri_ray.train import sample_batch
 
 
@@ -92,11 +94,11 @@ def test_shard_round_gradient_equals_autograd_on_the_kept_structures(tiny_datase
     shard = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
     server = ParameterServer(cfg, 4, shard.trajectories.shape[1] - (4 if grad_split == "heldout" else 0))
     ids = sample_batch(0, 0, 24, 10)
-    report = shard.step(server.weights(), 0, ids, 1e-3)
+    report, grads = shard.step(server.weights(), 0, ids, 1e-3)
     kept = torch.as_tensor(shard.get_structures()[1][ids]).long()
     _, grad_traj = split_windows(shard.trajectories[torch.as_tensor(ids)], grad_split, 4)
     want = torch.cat([g.reshape(-1) for g in autograd_grads(shard.lib, grad_traj, kept, cfg.model.rollout)])
-    np.testing.assert_allclose(report.module_grad, want.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grads.modules, want.numpy(), rtol=1e-4, atol=1e-6)
     loss = anchored_losses(shard.lib, grad_traj, kept, cfg.model.rollout).sum()
     assert report.grad_loss_sum == pytest.approx(float(loss.detach()), rel=1e-5)
 
@@ -108,29 +110,31 @@ def test_a_warmup_round_takes_the_full_graph_gradient_and_keeps_the_structures(t
     server = ParameterServer(cfg, 4, shard.trajectories.shape[1] - (4 if grad_split == "heldout" else 0))
     before = shard.get_structures()[1].copy()
     ids = sample_batch(0, 1, 24, 10)
-    report = shard.step(server.weights(), 1, ids, 1e-3)  # round 1 < 2: warm-up
+    report, grads = shard.step(server.weights(), 1, ids, 1e-3)  # round 1 < 2: warm-up
     np.testing.assert_array_equal(shard.get_structures()[1], before)
-    assert report.proposals == 0 and len(report.changed_ids) == 0 and not report.proposal_grad.any()
+    assert report.proposals == 0 and len(report.changed_ids) == 0 and not grads.proposal.any()
     _, grad_traj = split_windows(shard.trajectories[torch.as_tensor(ids)], grad_split, 4)
     full = torch.zeros(len(ids), 20, dtype=torch.long)  # module 0 on every edge
     want = torch.cat([g.reshape(-1) for g in autograd_grads(shard.lib, grad_traj, full, cfg.model.rollout)])
-    np.testing.assert_allclose(report.module_grad, want.numpy(), rtol=1e-4, atol=1e-6)
-    assert report.proposals == 0 and shard.step(server.weights(), 2, ids, 1e-3).proposals == 20  # round 2 searches
+    np.testing.assert_allclose(grads.modules, want.numpy(), rtol=1e-4, atol=1e-6)
+    assert report.proposals == 0 and shard.step(server.weights(), 2, ids, 1e-3)[0].proposals == 20  # round 2 searches
 
 
 def test_chunk_size_changes_only_float_summation_order(tiny_dataset):
     ids = sample_batch(0, 0, 24, 10)
-    reports, kept = [], []
+    reports, gradients, kept = [], [], []
     for chunk in (0, 4, 1):
         cfg = small(chunk_tasks=chunk)
         shard = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
-        reports.append(shard.step(ParameterServer(cfg, 4, 9).weights(), 0, ids, 1e-3))
+        report, grads = shard.step(ParameterServer(cfg, 4, 9).weights(), 0, ids, 1e-3)
+        reports.append(report)
+        gradients.append(grads)
         kept.append(shard.get_structures()[1])
-    for report, structures in zip(reports[1:], kept[1:]):
+    for report, grads, structures in zip(reports[1:], gradients[1:], kept[1:]):
         np.testing.assert_array_equal(structures, kept[0])
         assert (report.accepted, report.worse, report.worse_accepted) == (
             reports[0].accepted, reports[0].worse, reports[0].worse_accepted)
-        np.testing.assert_allclose(report.module_grad, reports[0].module_grad, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(grads.modules, gradients[0].modules, rtol=1e-4, atol=1e-6)
 
 
 def test_losses_without_a_tape_equal_autograd_losses_and_refuse_backward():
@@ -152,19 +156,19 @@ def test_proposals_equal_to_the_current_structure_are_not_rolled_out(tiny_datase
     """No-op proposals take the current loss (and are accepted); a step of only no-ops records nothing."""
     cfg = small(chunk_tasks=4)
     shard = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
-    propose = shard._propose
+    propose = bouncegrad.propose
 
-    def some_noops(probs, current, ids, round_idx, step, window):
-        proposed = propose(probs, current, ids, round_idx, step, window)
+    def some_noops(lib, probs, current, window, ids, round_idx, step, cfg):
+        proposed = propose(lib, probs, current, window, ids, round_idx, step, cfg)
         keep = (ids % 3 == 0) if step == 0 else torch.ones_like(ids, dtype=torch.bool)  # step 1: all no-ops
         return torch.where(keep.unsqueeze(1), current, proposed)
 
-    monkeypatch.setattr(shard, "_propose", some_noops)
+    monkeypatch.setattr(bouncegrad, "propose", some_noops)
     recorded = []
-    record = shard.sa_tape.record
-    monkeypatch.setattr(shard.sa_tape, "record", lambda traj, s, rows: recorded.append(len(s)) or record(traj, s, rows))
+    record = shard.tapes.sa.record
+    monkeypatch.setattr(shard.tapes.sa, "record", lambda traj, s, rows: recorded.append(len(s)) or record(traj, s, rows))
     ids = sample_batch(0, 0, 24, 10)
-    report = shard.step(ParameterServer(cfg, 4, 9).weights(), 0, ids, 1e-3)
+    report, grads = shard.step(ParameterServer(cfg, 4, 9).weights(), 0, ids, 1e-3)
     noops = int((torch.as_tensor(ids) % 3 == 0).sum())
     chunks = [len(ids[a:a + 4]) for a in range(0, len(ids), 4)]
     assert sum(recorded) == 2 * len(ids) - noops and len(recorded) == len(chunks)  # step 1 recorded nothing
@@ -172,7 +176,7 @@ def test_proposals_equal_to_the_current_structure_are_not_rolled_out(tiny_datase
     kept = torch.as_tensor(shard.get_structures()[1][ids]).long()
     want = torch.cat([g.reshape(-1) for g in autograd_grads(shard.lib, shard.trajectories[torch.as_tensor(ids)], kept,
                                                              cfg.model.rollout)])
-    np.testing.assert_allclose(report.module_grad, want.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grads.modules, want.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_meta_test_inference_equals_rolling_out_every_proposal():

@@ -8,7 +8,8 @@ import torch
 from nri_ray import config as C
 from nri_ray.distributed import LocalBackend, route, shard_ranges
 from nri_ray.errors import NriRayError
-from nri_ray.server import ParameterServer, flatten_params, pool_gradients
+from nri_ray.server import ParameterServer
+from nri_ray.weights import flatten_params, pool_gradients
 from nri_ray.shard import ShardWorker
 from nri_ray.train import run, sample_batch
 
@@ -41,10 +42,10 @@ def test_report_shapes(tiny_dataset):
     cfg = tiny()
     shard = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
     server = ParameterServer(cfg, 4, 9)
-    report = shard.step(server.weights(), 0, np.arange(0, 24, 3), 1e-3)
-    assert report.tasks == 8 and report.proposals == 16
-    assert report.module_grad.shape == flatten_params(server.lib).shape and report.module_grad.dtype == np.float32
-    assert report.proposal_grad.shape == flatten_params(server.proposer).shape
+    report, grads = shard.step(server.weights(), 0, np.arange(0, 24, 3), 1e-3)
+    assert report.tasks == 8 and report.proposals == 16 and grads.tasks == 8 and grads.shard_id == 0
+    assert grads.modules.shape == flatten_params(server.lib).shape and grads.modules.dtype == np.float32
+    assert grads.proposal.shape == flatten_params(server.proposer).shape
     assert report.confusion.shape == (2, 2) and report.confusion.sum() == 8 * 20
     assert report.changed_structures.shape == (len(report.changed_ids), 20)
     assert 0 <= report.worse_accepted <= report.worse <= 16
@@ -57,15 +58,16 @@ def test_pooled_gradients_of_three_shards_equal_the_single_process_gradient(tiny
     one = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
     three = [ShardWorker(i, tiny_dataset, a, b, cfg, "cpu") for i, (a, b) in enumerate(shard_ranges(24, 3))]
     batch = sample_batch(0, 0, 24, 12)
-    whole = one.step(weights, 0, batch, 1e-3)
+    whole, whole_grads = one.step(weights, 0, batch, 1e-3)
     parts = [s.step(weights, 0, ids, 1e-3) for s, ids in zip(three, route(batch, shard_ranges(24, 3))) if len(ids)]
-    single = pool_gradients([whole.module_grad], [whole.tasks])
-    pooled = pool_gradients([p.module_grad for p in parts], [p.tasks for p in parts])
+    grads = [g for _, g in parts]
+    single = pool_gradients([whole_grads.modules], [whole.tasks])
+    pooled = pool_gradients([g.modules for g in grads], [g.tasks for g in grads])
     np.testing.assert_allclose(pooled, single, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(pool_gradients([p.proposal_grad for p in parts], [p.tasks for p in parts]),
-                               pool_gradients([whole.proposal_grad], [whole.tasks]), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(pool_gradients([g.proposal for g in grads], [g.tasks for g in grads]),
+                               pool_gradients([whole_grads.proposal], [whole.tasks]), rtol=1e-4, atol=1e-7)
     # The same decisions, task by task.
-    assert sum(p.accepted for p in parts) == whole.accepted
+    assert sum(p.accepted for p, _ in parts) == whole.accepted
     structures = np.concatenate([s.get_structures()[1] for s in three])
     np.testing.assert_array_equal(structures, one.get_structures()[1])
 
@@ -133,7 +135,7 @@ def test_variants_run(tmp_path, tiny_dataset, changes):
 
 
 def test_heldout_split_windows():
-    from nri_ray.shard import split_windows
+    from nri_ray.bouncegrad import split_windows
 
     traj = torch.arange(10.0).view(1, 10, 1, 1)
     sa, grad = split_windows(traj, "heldout", 4)

@@ -87,8 +87,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys, tin
     real_step = shard.ShardWorker.step
 
     def poisoned(self, weights, round_idx, task_ids, temperature):
-        report = real_step(self, weights, round_idx, task_ids, temperature)
-        return report._replace(grad_loss_sum=float("nan")) if round_idx == 5 else report
+        report, grads = real_step(self, weights, round_idx, task_ids, temperature)
+        return (report._replace(grad_loss_sum=float("nan")) if round_idx == 5 else report), grads
 
     monkeypatch.setattr(shard.ShardWorker, "step", poisoned)
     out_dir = tmp_path / "nan"
