@@ -32,14 +32,13 @@ from .gnn import anchored_losses, soft_rollout
 from .io import atomic_write_text
 from .metrics import edge_accuracy, horizon_mse
 from .proposal import proposal_loss
-from .rng import uniform
-from .weights import build_models
+from .rng import GUMBEL, uniform
 from .train import sample_batch
+from .weights import build_models
 
 METHODS = ("modular", "static", "full-graph", "true-graph", "supervised", "nri-vae")
 NRI_VARIANCE = 5e-5  # DATA.md A5: the decoder's output variance
 NRI_TAU = 0.5  # Gumbel-softmax temperature
-GUMBEL = 7  # rng stream of the Gumbel noise
 
 
 class Budget(NamedTuple):

@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run directory")
     ev.add_argument("--data", required=True, help="dataset directory (normalized with the run's constants)")
     ev.add_argument("--split", default="test", choices=("train", "valid", "test"))
-    ev.add_argument("--sa-steps", type=int, help="SA steps per task (default: the run's eval_sa_steps)")
+    ev.add_argument("--sa-steps", type=int, help="SA steps per task (default: 100, as in the quick start)")
     ev.add_argument("--tasks", type=int, default=0, help="evaluate only the first N tasks (0 = all)")
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ev.add_argument("--json", action="store_true", help="print one JSON object")
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fn = sub.add_parser("find-node", help="recover a hidden particle from its pull on the others (section 5.2)",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    fn.add_argument("run", help="run directory (a true-graph baseline run, or a BounceGrad run with --structure infer)")
+    fn.add_argument("run", help="run directory (a BounceGrad run, or a true-graph baseline run)")
     fn.add_argument("--data", required=True, help="dataset directory (test split)")
     fn.add_argument("--out", required=True, help="output directory (find_node.json, find_node.png)")
     fn.add_argument("--hidden", type=int, default=0, help="index of the hidden particle")
@@ -327,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     fn.add_argument("--tasks", type=int, default=50, help="test tasks (0 = all)")
     fn.add_argument("--lr", type=float, default=0.05, help="Adam learning rate")
     fn.add_argument("--seed", type=int, default=0, help="seed of the random restarts")
-    fn.add_argument("--structure", default="truth", choices=("truth", "infer"),
-                    help="edges among visible particles: ground truth (true-graph models) or the proposal network")
+    fn.add_argument("--structure", choices=("truth", "infer"),
+                    help="edges among visible particles: the ground truth (mapped to the run's module labels) or the "
+                         "proposal network's (default: truth for a true-graph run, infer for a BounceGrad run)")
     fn.set_defaults(func=_cmd_find_node)
     for entry in entry_points(group="nri_ray.commands"):  # e.g. `sweep`, from tuning/
         entry.load()(sub)

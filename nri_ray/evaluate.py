@@ -8,6 +8,7 @@ it is normalized with the *training run's* constants.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from .metrics import edge_accuracy
 from .train import load_run
 
 
+META_TEST_SA_STEPS = 100  # SA steps per task at meta-test time: `evaluate`, the quick start and the experiments
+
+
 def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_steps: int | None = None,
              tasks: int = 0, device: str = "auto", plot: bool = True, write: bool = True) -> dict:
     run_dir = Path(run_dir)
@@ -30,6 +34,11 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
     data = Dataset(data_dir)
     if data.n_balls != meta["n_balls"]:
         raise NriRayError(f"--data {data_dir}: {data.n_balls} balls, the run {run_dir} was trained on {meta['n_balls']}")
+    warnings = []
+    if meta.get("simulator") and data.sim != meta["simulator"]:
+        warnings.append(f"--data {data_dir} is {data.sim} data, the run {run_dir} was trained on {meta['simulator']}: "
+                        f"its modules learned other interactions, so these numbers measure a transfer, not the run")
+        print(f"warning: {warnings[-1]}", file=sys.stderr, flush=True)
     count = data.num_tasks(split) if not tasks else min(tasks, data.num_tasks(split))
     part = data.read(split, 0, count, normalize=False)
     dev = next(server.lib.parameters()).device
@@ -38,7 +47,7 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
     sa_frames = min(cfg.train.sa_frames, traj.shape[1])
     if sa_frames < meta["in_frames"]:
         raise NriRayError(f"--split {split}: {traj.shape[1]} frames, the proposal network needs {meta['in_frames']}")
-    steps = cfg.train.eval_sa_steps if sa_steps is None else sa_steps
+    steps = META_TEST_SA_STEPS if sa_steps is None else sa_steps
     t0 = time.perf_counter()
     inf = infer_structures(server.lib, server.proposer, traj, ids, sa_frames=sa_frames, rollout_steps=cfg.model.rollout,
                            steps=steps, epsilon=cfg.proposal.epsilon, temperature=0.0, seed=cfg.train.seed,
@@ -56,6 +65,7 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
         "mse": prediction_mse(server.lib, traj, inf.structures, start),
         "mse_start_frame": start,
         "seconds": time.perf_counter() - t0,
+        **({"warnings": warnings} if warnings else {}),
     }
     if write:
         atomic_write_text(run_dir / f"eval_{split}.json", json.dumps(result, indent=2) + "\n")

@@ -19,8 +19,14 @@ from . import baselines as B
 from . import plots
 from .config import Config, GenerateConfig, merge
 from .data import Dataset
+from .datagen import generate
 from .errors import NriRayError
+from .evaluate import evaluate
+from .graph import edge_index
+from .infer import recover_hidden
 from .io import atomic_write_text
+from .metrics import best_matching, confusion
+from .train import load_run, run
 
 # REFERENCE.md 7.4 (MSE) and 7.5 (edge accuracy, %), the paper's springs and charged columns.
 PAPER_MSE = {
@@ -46,9 +52,6 @@ def _fmt(x, pct: bool = False) -> str:
 def run_method(method: str, base: Config, data_dir: Path, out: Path, sa_steps: int, tasks: int,
                log=print) -> dict:
     """Train (or load) one method and score it on the test split; result saved to OUT/METHOD/result.json."""
-    from .evaluate import evaluate
-    from .train import run
-
     result_path = out / method / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
@@ -115,7 +118,6 @@ def data_efficiency(base: Config, sim: str, sizes: list[int], out: str | Path, *
     batch size for every size (`base.train.rounds` x `meta_batch_size`), so a point differs from
     the next only in how many distinct tasks the batches are drawn from.
     """
-    from .datagen import generate
 
     out = Path(out)
     if not sizes or min(sizes) < 1:
@@ -141,113 +143,30 @@ def data_efficiency(base: Config, sim: str, sizes: list[int], out: str | Path, *
 
 # ----------------------------------------------------------------------------- find-node
 
-
-def _hidden_structures(n_nodes: int, k: int, restarts: int, generator: torch.Generator) -> torch.Tensor:
-    """`[restarts, n-1]` module of the hidden node's (symmetric) edges to each other node.
-
-    When the K^(n-1) assignments fit in `restarts` they are enumerated (cycled); otherwise drawn.
-    """
-    combos = k ** (n_nodes - 1)
-    if combos <= restarts:
-        idx = torch.arange(restarts) % combos
-        return torch.stack([(idx // k ** j) % k for j in range(n_nodes - 1)], dim=1)
-    return torch.randint(0, k, (restarts, n_nodes - 1), generator=generator)
-
-
-class Recovery(NamedTuple):
-    trajectory: torch.Tensor  # [tasks, frames, dims] the best candidate's hidden trajectory
-    fit: torch.Tensor  # [tasks] its one-step error on the visible particles
-    hidden_modules: torch.Tensor  # [tasks, n-1] its modules on the hidden node's edges (to each other node)
-
-
-def recover_hidden(lib, traj: torch.Tensor, known: torch.Tensor, hidden: int, *, restarts: int, steps: int,
-                   lr: float, seed: int, log=print) -> Recovery:
-    """Candidates for every task at once; see `find_node`.
-
-    Args:
-        traj: `[tasks, frames, nodes, dims]` observed trajectories (the hidden particle's entries are
-            never read).
-        known: `[tasks, edges]` modules of the edges among visible particles (hidden ones ignored).
-    """
-    from .gnn import make_layout, message_step
-    from .graph import edge_index
-
-    count, frames, n, dims = traj.shape
-    k = lib.num_edge_modules
-    senders, receivers = (torch.as_tensor(a) for a in edge_index(n))
-    g = torch.Generator().manual_seed(seed)
-    hidden_edges = _hidden_structures(n, k, restarts, g)  # [restarts, n-1]
-    others = [j for j in range(n) if j != hidden]
-    # The module on edge s->r for every (task, restart) graph: known edges, then the hidden node's.
-    structures = known.repeat_interleave(restarts, dim=0).clone()  # [tasks * restarts, edges]
-    per_restart = hidden_edges.repeat(count, 1)  # [tasks * restarts, n-1]
-    for col, j in enumerate(others):
-        for s, r in ((hidden, j), (j, hidden)):  # symmetric relation: both directions share a module
-            structures[:, int(((senders == s) & (receivers == r)).nonzero())] = per_restart[:, col]
-    graphs = count * restarts
-    layout = make_layout(structures, n, dims, k)
-    visible = torch.tensor(others)
-    observed = traj.repeat_interleave(restarts, dim=0)  # [graphs, frames, n, d]
-    init = (torch.rand(graphs, dims, generator=g) * 2 - 1).requires_grad_(True)  # [graphs, d]
-    opt = torch.optim.Adam([init], lr=lr)
-    is_hidden = torch.zeros(n, 1, dtype=torch.bool)
-    is_hidden[hidden] = True
-
-    def simulate(x0: torch.Tensor):
-        """Teacher-forced rollout: (per-graph loss `[graphs]`, hidden trajectory `[graphs, frames, d]`)."""
-        h, path, sq = x0, [x0], 0.0
-        for t in range(frames - 1):  # the time loop: each hidden state depends on the previous one
-            x = torch.where(is_hidden, h.unsqueeze(1), observed[:, t])  # [graphs, n, d]
-            nxt = message_step(lib, x.reshape(graphs * n, dims), layout, n).view(graphs, n, dims)
-            sq = sq + ((nxt[:, visible] - observed[:, t + 1, visible]) ** 2).mean(dim=(1, 2))
-            h = nxt[:, hidden]
-            path.append(h)
-        return sq / (frames - 1), torch.stack(path, dim=1)
-
-    for step in range(steps):
-        loss, _ = simulate(init)
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        opt.step()
-        if (step + 1) % max(1, steps // 5) == 0:
-            log(f"find-node: step {step + 1}/{steps}, mean fit {loss.mean().item():.3e}")
-    with torch.no_grad():
-        fit, path = simulate(init)
-    fit = fit.view(count, restarts)
-    best = fit.argmin(dim=1)  # [tasks]
-    rows = torch.arange(count)
-    return Recovery(path.view(count, restarts, frames, dims)[rows, best], fit[rows, best],
-                    per_restart.view(count, restarts, -1)[rows, best])
-
-
 def find_node(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, hidden: int = 0, restarts: int = 32,
-              steps: int = 100, tasks: int = 50, lr: float = 0.05, seed: int = 0, structure: str = "truth",
+              steps: int = 100, tasks: int = 50, lr: float = 0.05, seed: int = 0, structure: str | None = None,
               log=print) -> dict:
     """Recover a hidden particle from its pull on the others (paper section 5.2).
 
     For each test task, particle `hidden` is removed. Its initial state (4 numbers) and the
     modules of its edges are unknown; the edges among the visible particles come from the ground
-    truth (`structure="truth"`, the paper's setting with a true-graph model, whose module k is
-    relation k) or from the model's proposal network (`"infer"`, for BounceGrad runs; it sees
-    the hidden particle too, so it is an optimistic setting). Every (task, restart) pair is one
-    candidate: a random initial state in [-1, 1]^4 and one assignment of the hidden node's edge
-    modules (all K^(n-1) assignments are enumerated when they fit in `restarts`). All candidates
-    of all tasks are optimized together by Adam on the initial state, through the frozen model:
-    the visible particles are teacher-forced with their observed states at every frame, the
-    hidden one evolves from its candidate initial state, and the loss is the one-step prediction
-    error of the visible particles over the observed frames. The best-fitting candidate of each
-    task is kept; its hidden trajectory is compared with the truth.
+    truth (`structure="truth"`, the paper's setting) or from the model's proposal network
+    (`"infer"`; it sees the hidden particle too, so it is an optimistic setting). Default: truth
+    for a true-graph baseline run (its module k is relation k), infer for a BounceGrad run. A
+    BounceGrad run's module labels are an arbitrary permutation of the relations: with truth, the
+    true relations are mapped to module labels by the best global matching of the proposal
+    network's structures to the labels, and the hidden edges' modules are scored through the same
+    matching in both settings. The search itself is `infer.recover_hidden`.
     """
-    from .graph import edge_index
-    from .train import load_run
-
     out = Path(out)
-    server, cfg, meta, norm = load_run(run_dir)
-    lib = server.lib.requires_grad_(False)
+    models, cfg, meta, norm = load_run(run_dir)
+    lib = models.lib.requires_grad_(False)
     data = Dataset(data_dir)
     n = data.n_balls
     if not 0 <= hidden < n:
         raise NriRayError(f"--hidden: got {hidden}, expected a particle index in 0..{n - 1}")
+    true_graph = meta.get("method") == "true-graph"
+    structure = structure or ("truth" if true_graph else "infer")
     if structure not in ("truth", "infer"):
         raise NriRayError(f"--structure: got {structure!r}, expected truth or infer")
     count = min(tasks, data.num_tasks("test")) if tasks else data.num_tasks("test")
@@ -255,11 +174,17 @@ def find_node(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, hid
     frames = min(cfg.train.sa_frames, part.trajectories.shape[1])
     traj = torch.as_tensor(norm.apply(part.trajectories))[:, :frames]  # [tasks, frames, n, d]
     labels = torch.as_tensor(part.labels).long()  # [tasks, edges]
-    if structure == "truth":
-        known = labels
-    else:
-        with torch.no_grad():
-            known = server.proposer(traj).argmax(dim=-1)
+    k = cfg.model.edge_modules
+    with torch.no_grad():
+        proposed = models.proposer(traj).argmax(dim=-1)  # [tasks, edges] in the run's module labels
+    # module label -> relation: the identity for a true-graph model, else the best global matching (labels only score)
+    to_relation = torch.arange(k) if true_graph else torch.as_tensor(best_matching(confusion(proposed, labels, k)))
+    if structure == "infer":
+        known = proposed
+    else:  # relation -> the module label matched to it
+        to_module = torch.tensor([int((to_relation == r).nonzero()[0]) if (to_relation == r).any() else 0
+                                  for r in range(int(labels.max()) + 1)])
+        known = to_module[labels]
     t0 = time.perf_counter()
     rec = recover_hidden(lib, traj, known, hidden, restarts=restarts, steps=steps, lr=lr, seed=seed, log=log)
     truth = traj[:, :, hidden]  # [tasks, frames, d]
@@ -267,13 +192,13 @@ def find_node(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, hid
     senders, receivers = edge_index(n)
     hidden_cols = [next(e for e in range(len(senders)) if senders[e] == hidden and receivers[e] == j)
                    for j in range(n) if j != hidden]
+    hidden_relations = to_relation[rec.hidden_modules]  # [tasks, n-1]
     result = {"run": str(run_dir), "data": str(data_dir), "hidden": hidden, "tasks": count, "restarts": restarts,
               "steps": steps, "structure": structure, "frames": frames,
               "trajectory_mse": float(per_task.mean()), "trajectory_mse_median": float(per_task.median()),
               "initial_state_mse": float(((rec.trajectory[:, 0] - truth[:, 0]) ** 2).mean()),
               "visible_fit_mse": float(rec.fit.mean()),
-              "hidden_edge_accuracy": (float((rec.hidden_modules == labels[:, hidden_cols]).float().mean())
-                                       if structure == "truth" else None),
+              "hidden_edge_accuracy": float((hidden_relations == labels[:, hidden_cols]).float().mean()),
               "paper_trajectory_mse": 1.09e-3, "seconds": time.perf_counter() - t0}
     out.mkdir(parents=True, exist_ok=True)
     B.write_json(out / "find_node.json", result)

@@ -25,17 +25,22 @@ def confusion(structures: np.ndarray, labels: np.ndarray, num_modules: int, num_
     return np.bincount(s * num_relations + r, minlength=num_modules * num_relations).reshape(num_modules, num_relations)
 
 
+def best_matching(conf: np.ndarray) -> np.ndarray:
+    """`[modules]` the relation type each module label is matched to (see module doc)."""
+    conf = np.asarray(conf)
+    k, r = conf.shape
+    if k > r:
+        return conf.argmax(axis=1)
+    return np.array(max(itertools.permutations(range(r), k), key=lambda perm: sum(conf[m, rel] for m, rel in enumerate(perm))))
+
+
 def matched_accuracy(conf: np.ndarray) -> float:
     """Edge accuracy under the best global matching of modules to relations (see module doc)."""
     conf = np.asarray(conf)
     total = conf.sum()
     if total == 0:
         return float("nan")
-    k, r = conf.shape
-    if k > r:
-        return float(conf.max(axis=1).sum() / total)
-    best = max(sum(conf[m, rel] for m, rel in enumerate(perm)) for perm in itertools.permutations(range(r), k))
-    return float(best / total)
+    return float(conf[np.arange(conf.shape[0]), best_matching(conf)].sum() / total)
 
 
 def edge_accuracy(structures, labels, num_modules: int, num_relations: int = 2) -> float:

@@ -1,6 +1,7 @@
 """RayBackend: same results as LocalBackend; shard actors that die are replaced with nothing lost.
 
 One Ray instance serves the whole module (each start and stop costs seconds)."""
+import json
 import os
 import signal
 
@@ -118,9 +119,76 @@ def test_killed_parameter_server_is_restored_and_nothing_is_lost(ray_session, tm
         torch.testing.assert_close(killed["opt_modules"]["state"][0][name], tensor, rtol=0, atol=0)
 
 
-def test_round_metrics_are_exported(ray_session, tmp_path, tiny_dataset):
+def test_round_metrics_are_exported(ray_session, tmp_path, tiny_dataset, monkeypatch):
+    """All eleven metrics the README lists, with the values of the run's own log and the run's tags."""
+    from ray.util import metrics
+
+    recorded = []
+    for cls, method in ((metrics.Gauge, "set"), (metrics.Counter, "inc")):
+        real = getattr(cls, method)
+
+        def spy(self, value, tags=None, _real=real):
+            recorded.append((self._name, float(value), dict(tags or {})))
+            return _real(self, value, tags=tags)
+
+        monkeypatch.setattr(cls, method, spy)
     c = C.Config.from_dict(C.merge(TINY, {"train": {"num_shards": 2}, "cluster": {"backend": "ray"}}))
     backend = RayBackend(c, tiny_dataset, 24, "metrics")
     run(c, tiny_dataset, tmp_path / "m", progress=False, backend=backend)
-    assert set(backend._gauges) >= {"round", "train_loss", "accept_rate", "worse_accept_rate", "temperature",
-                                    "valid_edge_accuracy", "rounds_per_second"}
+    # The tiny valid split has 9 frames: no 10-step MSE in training; an evaluation row that has one exports it.
+    backend.observe_eval({"valid_edge_accuracy": 0.5, "valid_mse": {"1": 1e-3, "10": 2e-3}})
+    names = {name for name, _, _ in recorded}
+    assert names == {f"nri_ray_{k}" for k in (
+        "round", "rounds_total", "rounds_per_second", "train_loss", "accept_rate", "worse_accept_rate", "temperature",
+        "valid_edge_accuracy", "valid_mse_1", "valid_mse_10", "shard_round_seconds")}
+    assert all(tags["run"] == "nri-ray-metrics" for _, _, tags in recorded)
+    assert {tags["shard"] for name, _, tags in recorded if name == "nri_ray_shard_round_seconds"} == {"0", "1"}
+    last = lambda name: [v for n, v, _ in recorded if n == name][-1]  # noqa: E731
+    rows = [json.loads(x) for x in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    assert last("nri_ray_round") == c.train.rounds == rows[-1]["round"]
+    assert sum(v for n, v, _ in recorded if n == "nri_ray_rounds_total") == c.train.rounds
+    assert last("nri_ray_train_loss") == pytest.approx(rows[-1]["grad_loss"])
+    assert last("nri_ray_accept_rate") == pytest.approx(rows[-1]["accept_rate"])
+    training = lambda name: [v for n, v, _ in recorded if n == name][-2]  # noqa: E731  (before the extra row)
+    assert training("nri_ray_valid_edge_accuracy") == pytest.approx(rows[-1]["valid_edge_accuracy"])
+    assert training("nri_ray_valid_mse_1") == pytest.approx(rows[-1]["valid_mse"]["1"])
+    assert last("nri_ray_temperature") == pytest.approx(rows[-1]["temperature"])
+    assert last("nri_ray_valid_mse_10") == 2e-3 and last("nri_ray_valid_edge_accuracy") == 0.5
+
+
+def test_too_many_actor_failures_end_with_a_clear_error(ray_session, tmp_path, tiny_dataset):
+    from nri_ray.distributed import ActorFailures
+
+    c = C.Config.from_dict(C.merge(TINY, {"train": {"num_shards": 2},
+                                          "cluster": {"backend": "ray", "max_shard_failures": 0}}))
+    backend = KillingBackend(c, tiny_dataset, 24, "too-many")
+    with pytest.raises(ActorFailures, match=r"more than cluster.max_shard_failures \(0\); resume from the last"):
+        run(c, tiny_dataset, tmp_path / "dies", progress=False, backend=backend)
+    assert (tmp_path / "dies" / "checkpoint.pt").exists()  # round 2's checkpoint (every 3 rounds) is kept
+
+
+def test_resume_on_the_ray_backend_through_the_cli_is_exact(ray_session, tmp_path, tiny_dataset):
+    from nri_ray.cli import main
+
+    flags = ["--edge-hidden", "16,16", "--node-hidden", "16", "--proposal-hidden", "16", "--rollout", "4",
+             "--meta-batch-size", "8", "--eval-every", "2", "--eval-tasks", "4", "--eval-sa-steps", "1",
+             "--checkpoint-every", "2", "--num-shards", "2", "--backend", "ray", "--quiet", "--data", str(tiny_dataset)]
+    assert main(["train", "--out", str(tmp_path / "whole"), "--rounds", "6", *flags]) == 0
+    assert main(["train", "--out", str(tmp_path / "parts"), "--rounds", "2", *flags]) == 0
+    assert main(["train", "--resume", str(tmp_path / "parts"), "--rounds", "6", *flags]) == 0
+    whole, parts = final_state(tmp_path / "whole"), final_state(tmp_path / "parts")
+    assert parts["round"] == whole["round"] == 5
+    assert_same_run(whole, parts, exact_weights=True)
+
+
+def test_killed_server_with_a_large_state_is_restored(ray_session, tmp_path, tiny_dataset):
+    """A state above Ray's inline limit (100 kB) lives in the object store: it survives the server's death."""
+    wide = {"model": {"edge_hidden": "128,128", "node_hidden": "128"}, "train": {"num_shards": 2, "rounds": 4},
+            "cluster": {"backend": "ray"}}
+    c = C.Config.from_dict(C.merge(TINY, wide))
+    run(c, tiny_dataset, tmp_path / "clean", progress=False)
+    assert sum(t.numel() * 4 for t in final_state(tmp_path / "clean")["modules"].values()) > 200_000
+    backend = ServerKillingBackend(c, tiny_dataset, 24, "server-kill-large")
+    run(c, tiny_dataset, tmp_path / "killed", progress=False, backend=backend)
+    assert backend.failures == 1
+    assert_same_run(final_state(tmp_path / "clean"), final_state(tmp_path / "killed"), exact_weights=True)
