@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from nri_ray import config as C  # noqa: E402
 from nri_ray.bouncegrad import chunk_size  # noqa: E402
 from nri_ray.data import SplitWriter, build_meta, write_meta  # noqa: E402
-from nri_ray.engine import active_anchors  # noqa: E402
+from nri_ray.gnn import active_anchors  # noqa: E402
 from nri_ray.server import ParameterServer  # noqa: E402
 from nri_ray.shard import ShardWorker  # noqa: E402
 from nri_ray.train import sample_batch  # noqa: E402

@@ -28,12 +28,13 @@ from . import checkpoint
 from .config import Config, merge
 from .data import Dataset
 from .errors import NriRayError
-from .gnn import anchored_losses, soft_rollout
+from .gnn import anchored_losses, anchored_targets, soft_rollout
+from .infer import prediction_mse, prediction_start
 from .io import atomic_write_text
 from .metrics import edge_accuracy, horizon_mse
 from .proposal import proposal_loss
 from .rng import GUMBEL, uniform
-from .train import sample_batch
+from .train import load_run, sample_batch
 from .weights import build_models
 
 METHODS = ("modular", "static", "full-graph", "true-graph", "supervised", "nri-vae")
@@ -78,18 +79,15 @@ def nri_vae_loss(lib, encoder, window: torch.Tensor, seed: int, step: int, task_
     The decoder predicts from ground-truth anchors every `rollout_steps` frames (NRI's teacher
     forcing with prediction_steps = 10).
     """
-    tasks, frames, n, d = window.shape
+    tasks, _, n, d = window.shape
     logits = encoder(window)  # [tasks, edges, K]
     z = gumbel_softmax(logits, seed, step, task_ids, NRI_TAU)
-    anchors = torch.arange(0, frames - 1, rollout_steps, device=window.device)  # [anchors]
-    a = anchors.numel()
-    start = window[:, anchors].reshape(tasks * a, n, d)  # [tasks * anchors, n, d]
-    pred = soft_rollout(lib, start, z.repeat_interleave(a, dim=0), rollout_steps)  # [tasks*a, steps, n, d]
-    pred = pred.view(tasks, a, rollout_steps, n, d)
-    frame = anchors.view(-1, 1) + torch.arange(1, rollout_steps + 1, device=window.device)  # [anchors, steps]
-    valid = (frame < frames).to(window.dtype).view(1, a, rollout_steps, 1, 1)
-    target = window[:, frame.clamp(max=frames - 1)]  # [tasks, anchors, steps, n, d]
-    nll = (((pred - target) ** 2) * valid).sum() / (2 * NRI_VARIANCE) / (tasks * n)
+    start, target, valid = anchored_targets(window, rollout_steps)  # [tasks, anchors, ...], [anchors, steps]
+    a = start.shape[1]
+    # [tasks, anchors, n, d] -> [tasks * anchors, n, d]: one graph per (task, anchor)
+    pred = soft_rollout(lib, start.reshape(tasks * a, n, d), z.repeat_interleave(a, dim=0), rollout_steps)
+    pred = pred.view(tasks, a, rollout_steps, n, d)  # back to per task and anchor
+    nll = (((pred - target) ** 2) * valid.view(1, a, rollout_steps, 1, 1)).sum() / (2 * NRI_VARIANCE) / (tasks * n)
     prob = torch.softmax(logits, dim=-1)
     kl = (prob * torch.log(prob + 1e-16)).sum() / (tasks * n)
     return nll + kl
@@ -105,7 +103,7 @@ def train_baseline(method: str, cfg: Config, data_dir: str | Path, run_dir: str 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     window, labels = _train_split(data, cfg, device)
-    lib, encoder = build_models(cfg, 4, window.shape[1])  # the encoder sees the whole window (49 frames)
+    lib, encoder = build_models(cfg, window.shape[-1], window.shape[1])  # the encoder sees the whole window (49 frames)
     params = {"supervised": list(encoder.parameters()), "nri-vae": [*lib.parameters(), *encoder.parameters()]}
     lr = cfg.proposal.proposal_lr if method == "supervised" else cfg.train.lr
     opt = torch.optim.Adam(params.get(method, list(lib.parameters())), lr=lr)
@@ -129,7 +127,7 @@ def train_baseline(method: str, cfg: Config, data_dir: str | Path, run_dir: str 
             progress(f"{method}: step {step + 1}/{cfg.train.rounds} loss {loss.item():.3e}")
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    meta = {"n_balls": data.n_balls, "dims": 4, "in_frames": window.shape[1], "num_tasks": window.shape[0],
+    meta = {"n_balls": data.n_balls, "dims": window.shape[-1], "in_frames": window.shape[1], "num_tasks": window.shape[0],
             "simulator": data.sim, "normalization": data.normalization._asdict(),
             "data_dir": str(Path(data_dir).resolve()), "method": method}
     checkpoint.save(run_dir, {"round": cfg.train.rounds - 1, "config": cfg.to_dict(), "meta": meta,
@@ -147,16 +145,13 @@ def evaluate_baseline(method: str, run_dir: str | Path | None, data_dir: str | P
     Structures at test time: static none; full-graph all module 0; true-graph the labels;
     supervised and nri-vae the encoder's argmax. Supervised has no decoder: accuracy only.
     """
-    from .infer import prediction_mse, prediction_start
-    from .train import load_run
-
     data = Dataset(data_dir)
     count = data.num_tasks("test") if not tasks else min(tasks, data.num_tasks("test"))
     start_time = time.perf_counter()
     if method == "static":
         part = data.read("test", 0, count)
         traj = torch.as_tensor(part.trajectories)
-        start = prediction_start(traj.shape[1], 49)
+        start = prediction_start(traj.shape[1], Config().train.sa_frames)  # the NRI window's end, as the runs
         steps = min(max(horizons), traj.shape[1] - 1 - start)
         pred = traj[:, start:start + 1].expand(-1, steps, -1, -1)  # [tasks, steps, n, d]: the last frame, held
         return {"method": method, "tasks": count, "edge_accuracy": None,

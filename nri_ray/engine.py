@@ -8,7 +8,7 @@ activations on a `Tape`; the backward then gathers the chosen structures' rows o
 and runs on those rows only, so the round does four passes and no recompute. `gnn.py` is the
 readable autograd reference of the same math; tests check the two against each other.
 
-Layout of one recorded evaluation (`gnn.Layout`, shared with the autograd rollout): S structure rows (tasks, or the current and
+Layout of one recorded evaluation (`gnn.Layout`, shared with the autograd rollout; the backward's own plan is `spread_plan`): S structure rows (tasks, or the current and
 the proposed structure of each task), each rolled out from A anchor frames, gives G = A * S
 graphs, ordered anchor-major (graph g = a * S + j) so that the graphs still running at a late
 step are a prefix: the last anchor's rollout stops at the final frame (anchors 0, 10, .., 40 of
@@ -27,25 +27,22 @@ This module imports no ray (math core).
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
 
-from .gnn import Layout, make_layout
+from .gnn import Layout, active_anchors, anchored_targets, make_layout
 from .modules import ModuleLibrary
 
 
-@functools.lru_cache(maxsize=None)
-def active_anchors(frames: int, rollout: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(anchor frames, anchors still running at each step): anchors 0, r, 2r, .. < frames - 1.
-
-    Anchor a predicts frames a+1 .. min(a+r, frames-1); at step t (predicting a+t+1) the anchors
-    that still have a target form a prefix (later anchors stop earlier), of the returned length.
-    """
-    anchors = tuple(range(0, frames - 1, rollout))
-    live = tuple(sum(1 for a in anchors if a + t + 1 <= frames - 1) for t in range(rollout))
-    return anchors, live
+def spread_plan(layout: Layout, n_nodes: int, dims: int) -> torch.Tensor:
+    """The backward's plan for edge inputs: `[G * nodes * 2 (n-1) * dims]` flat positions in the
+    edge-input gradient `[G * edges, 2 * dims]` of each node's sender halves (its n-1 outgoing edges),
+    then its receiver halves (n-1 incoming): summing them gives the node's gradient."""
+    dim = torch.arange(dims, device=layout.position.device)
+    outgoing = layout.position.view(-1, n_nodes - 1)  # [G * nodes, n-1]: canonical order is sender-major
+    halves = torch.cat([outgoing * (2 * dims), layout.incoming.view(-1, n_nodes - 1) * (2 * dims) + dims], dim=1)
+    return (halves.unsqueeze(-1) + dim).reshape(-1)  # [G * nodes, 2 (n-1), dims] flat
 
 
 class Workspace:
@@ -133,12 +130,9 @@ class Tape:
 
     def _targets(self, trajectories: torch.Tensor, task_rows: torch.Tensor):
         """Start states `[A * S * n, d]` and targets `[steps, A, S, n, d]`, anchor-major."""
-        anchors = torch.tensor(self.anchors, device=trajectories.device)
-        traj = trajectories[task_rows]  # [S, time, n, d]
-        start = traj[:, anchors].transpose(0, 1).reshape(-1, self.dims)  # [A, S, n, d] -> [A * S * n, d]
-        frames = (anchors.view(-1, 1) + torch.arange(1, self.rollout + 1, device=anchors.device)).clamp(max=self.frames - 1)
-        targets = traj[:, frames].permute(2, 1, 0, 3, 4)  # [S, A, steps, n, d] -> [steps, A, S, n, d]
-        return start, targets
+        start, targets, _ = anchored_targets(trajectories[task_rows], self.rollout)  # [S, A, n, d], [S, A, steps, n, d]
+        start = start.transpose(0, 1).reshape(-1, self.dims)  # [A, S, n, d] -> [A * S * n, d]
+        return start, targets.permute(2, 1, 0, 3, 4)  # [S, A, steps, n, d] -> [steps, A, S, n, d]
 
     @torch.no_grad()
     def record(self, trajectories: torch.Tensor, structures: torch.Tensor, task_rows: torch.Tensor) -> torch.Tensor:
@@ -238,6 +232,7 @@ class Tape:
         lib, n, d, E = self.lib, self.n, self.dims, self.edges
         c = structures.shape[0]
         layout = make_layout(structures, n, d, lib.num_edge_modules, self.live)
+        spread = spread_plan(layout, n, d)
         edge_src, node_src = self._sources(structures, source_eval, source_row, layout)
         _, targets = self._targets(trajectories, torch.arange(c, device=structures.device))
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in lib.parameters()]
@@ -310,7 +305,7 @@ class Tape:
             if t == 0:
                 break  # the first step's input is data
             # Edge inputs [x_send; x_recv] back to nodes: sum over each node's n-1 outgoing, then incoming, edges.
-            halves = d_edge[0].view(-1)[layout.spread[: rows_n * 2 * (n - 1) * d]]  # [rows_n * 2 (n-1) * d]
+            halves = d_edge[0].view(-1)[spread[: rows_n * 2 * (n - 1) * d]]  # [rows_n * 2 (n-1) * d]
             dx[:rows_n] += halves.view(rows_n, 2 * (n - 1), d).sum(dim=1)
 
 

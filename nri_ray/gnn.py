@@ -35,6 +35,38 @@ def incoming_edges(n_nodes: int) -> torch.Tensor:
     return torch.tensor(order, dtype=torch.long).view(n_nodes, n_nodes - 1)
 
 
+@functools.lru_cache(maxsize=None)
+def active_anchors(frames: int, rollout: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(anchor frames, anchors still running at each step): anchors 0, r, 2r, .. < frames - 1.
+
+    Anchor a predicts frames a+1 .. min(a+r, frames-1); at step t (predicting a+t+1) the anchors
+    that still have a target form a prefix (later anchors stop earlier), of the returned length.
+    """
+    anchors = tuple(range(0, frames - 1, rollout))
+    live = tuple(sum(1 for a in anchors if a + t + 1 <= frames - 1) for t in range(rollout))
+    return anchors, live
+
+
+def anchored_targets(trajectories: torch.Tensor, rollout: int):
+    """The teacher-forced rollout problem of every task: start from ground truth at each anchor
+    frame, predict the next `rollout` frames (REFERENCE.md 1.4). Written once for the reference
+    loss, the tape and the NRI baseline.
+
+    Args:
+        trajectories: `[tasks, time, nodes, dims]`.
+    Returns:
+        start `[tasks, anchors, nodes, dims]`; targets `[tasks, anchors, steps, nodes, dims]` (frames
+        past the last one repeat it); valid `[anchors, steps]` (1 where the target frame exists, in
+        the trajectories' dtype).
+    """
+    time = trajectories.shape[1]
+    device = trajectories.device
+    anchors = torch.tensor(active_anchors(time, rollout)[0], dtype=torch.long, device=device)  # [anchors]
+    frame = anchors.view(-1, 1) + torch.arange(1, rollout + 1, device=device)  # [anchors, steps]
+    valid = (frame < time).to(trajectories.dtype)
+    return trajectories[:, anchors], trajectories[:, frame.clamp(max=time - 1)], valid
+
+
 class Layout(NamedTuple):
     """Edges of G = anchors * rows graphs grouped by module and, within a module, by anchor.
 
@@ -49,9 +81,6 @@ class Layout(NamedTuple):
         incoming: `[G * nodes * (n-1)]` grouped positions of each receiver's incoming edges.
         pair: `[G * edges * 2 * dims]` flat positions in the state `[G * nodes, dims]` of each grouped
             edge's input [x_send; x_recv] (one gather builds every edge input).
-        spread: `[G * nodes * 2 (n-1) * dims]` flat positions in the edge-input gradient
-            `[G * edges, 2 * dims]` of each node's sender halves (its n-1 outgoing edges), then its
-            receiver halves (n-1 incoming): summing them gives the node's gradient.
         blocks: per module, (start, rows live at step 0, 1, ..): module k owns rows
             [start, start + live[t]) at step t.
         graphs: live graphs per step (a prefix of the anchor-major graph order).
@@ -62,7 +91,6 @@ class Layout(NamedTuple):
     position: torch.Tensor
     incoming: torch.Tensor
     pair: torch.Tensor
-    spread: torch.Tensor
     blocks: tuple[tuple[int, tuple[int, ...]], ...]
     graphs: tuple[int, ...]
 
@@ -95,10 +123,7 @@ def make_layout(structures: torch.Tensor, n_nodes: int, dims: int, num_modules: 
     incoming = position[canonical_in]  # [G * nodes * (n-1)]
     dim = torch.arange(dims, device=device)
     pair = (torch.stack([send, recv], dim=1).unsqueeze(-1) * dims + dim).reshape(-1)  # [G * edges, 2, dims] flat
-    outgoing = position.view(graphs * n_nodes, n_nodes - 1)  # canonical order is sender-major
-    halves = torch.cat([outgoing * (2 * dims), incoming.view(-1, n_nodes - 1) * (2 * dims) + dims], dim=1)
-    spread = (halves.unsqueeze(-1) + dim).reshape(-1)  # [G * nodes, 2 (n-1), dims] flat
-    return Layout(rows, recv, position, incoming, pair, spread, tuple(blocks), tuple(a * rows for a in live))
+    return Layout(rows, recv, position, incoming, pair, tuple(blocks), tuple(a * rows for a in live))
 
 
 def message_step(lib: ModuleLibrary, x: torch.Tensor, layout: Layout, n_nodes: int) -> torch.Tensor:
@@ -146,17 +171,13 @@ def anchored_losses(lib: ModuleLibrary, trajectories: torch.Tensor, structures: 
     Returns:
         `[tasks]` losses.
     """
-    tasks, time, n_nodes, dims = trajectories.shape
-    device = trajectories.device
-    anchors = torch.arange(0, time - 1, rollout_steps, device=device)  # [anchors]
-    n_anchor = anchors.numel()
-    start = trajectories[:, anchors].reshape(tasks * n_anchor, n_nodes, dims)  # [tasks*anchors, n, d]
+    tasks, _, n_nodes, dims = trajectories.shape
+    start, target, valid = anchored_targets(trajectories, rollout_steps)  # [tasks, anchors, ...], [anchors, steps]
+    n_anchor = start.shape[1]
     graph_structures = structures.repeat_interleave(n_anchor, dim=0)  # [tasks * anchors, edges]
-    pred = rollout(lib, start, graph_structures, rollout_steps)  # [tasks*anchors, steps, n, d]
-    pred = pred.view(tasks, n_anchor, rollout_steps, n_nodes, dims)
-    frame = anchors.view(-1, 1) + torch.arange(1, rollout_steps + 1, device=device)  # [anchors, steps]
-    valid = (frame < time).to(trajectories.dtype)  # [anchors, steps]
-    target = trajectories[:, frame.clamp(max=time - 1)]  # [tasks, anchors, steps, n, d]
+    # [tasks, anchors, n, d] -> [tasks * anchors, n, d]: one graph per (task, anchor)
+    pred = rollout(lib, start.reshape(tasks * n_anchor, n_nodes, dims), graph_structures, rollout_steps)
+    pred = pred.view(tasks, n_anchor, rollout_steps, n_nodes, dims)  # back to per task and anchor
     sq = ((pred - target) ** 2).mean(dim=(-1, -2))  # [tasks, anchors, steps]
     return (sq * valid).sum(dim=(1, 2)) / valid.sum()
 

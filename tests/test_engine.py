@@ -6,7 +6,8 @@ import torch
 from nri_ray import bouncegrad
 from nri_ray import config as C
 from nri_ray.bouncegrad import split_windows
-from nri_ray.engine import Tape, Workspace, active_anchors
+from nri_ray.engine import Tape, Workspace
+from nri_ray.gnn import active_anchors
 from nri_ray.engine import losses as engine_losses
 from nri_ray.gnn import anchored_losses
 from nri_ray.modules import ModuleLibrary
@@ -183,7 +184,7 @@ def test_meta_test_inference_equals_rolling_out_every_proposal():
     """infer_structures (engine forward, no-op proposals skipped) = SA that rolls out every proposal with gnn.py."""
     from nri_ray import rng
     from nri_ray.annealing import anneal_step
-    from nri_ray.infer import _INFER_ACCEPT, _INFER_EDGES, _INFER_NODE, infer_structures
+    from nri_ray.infer import infer_structures
     from nri_ray.proposal import ProposalNet, propose_learned
 
     g = torch.Generator().manual_seed(11)
@@ -198,10 +199,10 @@ def test_meta_test_inference_equals_rolling_out_every_proposal():
         current = probs.argmax(dim=-1)
         loss = anchored_losses(lib, traj, current, 4)
         for step in range(6):
-            proposed = propose_learned(probs, current, 0.1, rng.uniform(7, ids, step, _INFER_NODE, 1)[:, 0],
-                                       rng.uniform(7, ids, step, _INFER_EDGES, 20))
+            proposed = propose_learned(probs, current, 0.1, rng.uniform(7, ids, step, rng.INFER_NODE, 1)[:, 0],
+                                       rng.uniform(7, ids, step, rng.INFER_EDGES, 20))
             sa = anneal_step(current, loss, proposed, anchored_losses(lib, traj, proposed, 4), 1e-3,
-                             rng.uniform(7, ids, step, _INFER_ACCEPT, 1)[:, 0])
+                             rng.uniform(7, ids, step, rng.INFER_ACCEPT, 1)[:, 0])
             current, loss = sa.structures, sa.losses
     torch.testing.assert_close(got.structures, current, rtol=0, atol=0)
     torch.testing.assert_close(got.losses, loss, rtol=1e-5, atol=1e-7)

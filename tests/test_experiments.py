@@ -1,14 +1,15 @@
 """The experiment commands at a tiny scale: tables, data efficiency, find-node; baseline pieces."""
 import json
 
+import pytest
 import torch
 
 from nri_ray import baselines as B
 from nri_ray import config as C
 from nri_ray.cli import main
-from nri_ray.experiments import recover_hidden
 from nri_ray.gnn import rollout, soft_rollout
 from nri_ray.graph import edge_index
+from nri_ray.infer import recover_hidden
 from nri_ray.modules import ModuleLibrary
 
 TINY = ["--rounds", "6", "--meta-batch-size", "12", "--eval-every", "3", "--eval-tasks", "8", "--eval-sa-steps", "2",
@@ -47,6 +48,13 @@ def test_table_writes_both_tables_for_every_method_and_reuses_results(tmp_path, 
         if has_mse:
             assert set(r["mse"]) >= {"1", "10"} and all(v > 0 for v in r["mse"].values())
         assert (r["edge_accuracy"] is not None) == (method in ("modular", "supervised", "nri-vae"))
+    # The static baseline by hand: the test split (normalized) held at its prediction frame.
+    from nri_ray.data import Dataset
+    from nri_ray.infer import prediction_start
+    traj = Dataset(tiny_dataset).read("test", 0, 8).trajectories  # [tasks, 19 frames, nodes, dims]
+    start = prediction_start(traj.shape[1], 49)
+    for h, mse in tables["results"]["static"]["mse"].items():
+        assert mse == pytest.approx(float(((traj[:, start + int(h)] - traj[:, start]) ** 2).mean()), rel=1e-5)
     md = (out / "tables.md").read_text()
     assert "Table 1" in md and "Table 2" in md and "3.13e-08" in md  # the paper's numbers beside ours
     # A second call loads every method's result instead of training again.
@@ -72,8 +80,10 @@ def test_data_efficiency_generates_trains_and_plots(tmp_path):
             "8", "--out", str(out), *TINY]
     assert main(args) == 0
     result = json.loads((out / "data_efficiency.json").read_text())
-    assert [p["train_tasks"] for p in result["points"]["modular"]] == [12, 24]
-    assert all(0 <= p["edge_accuracy"] <= 1 for m in result["points"].values() for p in m)
+    assert set(result["points"]) == {"modular", "nri-vae"}
+    for method, points in result["points"].items():  # both methods, at every size
+        assert [p["train_tasks"] for p in points] == [12, 24], method
+        assert all(p["mse"]["1"] > 0 for p in points), method
     assert (out / "data_efficiency.png").stat().st_size > 1000
     assert json.loads((out / "n12" / "modular" / "run" / "summary.json").read_text())["final_round"] == 6
 
@@ -91,6 +101,63 @@ def test_find_node_on_a_true_graph_model(tmp_path, tiny_dataset, capsys):
     assert (out / "find_node.png").exists()
     assert main(["find-node", str(run_dir), "--data", str(tiny_dataset), "--out", str(out), "--hidden", "9"]) == 2
     assert "--hidden" in capsys.readouterr().err
+
+
+def _swap_module_labels(run_dir, out):
+    """A copy of a BounceGrad run whose edge modules 0 and 1 trade places (weights and proposal outputs)."""
+    import shutil
+
+    shutil.copytree(run_dir, out)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    for name, tensor in state["modules"].items():
+        if name.startswith("edges."):  # [modules, ...] stacked per module
+            state["modules"][name] = tensor.flip(0)
+    for name in ("out.weight", "out.bias"):  # [modules, ...] rows of the output layer
+        state["proposal"][name] = state["proposal"][name].flip(0)
+    state["structures"] = 1 - state["structures"]
+    torch.save(state, out / "checkpoint.pt")
+    return out
+
+
+def test_find_node_on_a_bouncegrad_run_is_blind_to_its_module_labels(tmp_path, tiny_dataset, monkeypatch):
+    """The default for a BounceGrad run is infer; truth maps the relations to the run's labels. A run
+    with its two module labels swapped must hand the search the swapped known structure (in both
+    modes), and the search's swapped answer must score the same. The search is label-equivariant per
+    candidate but draws its candidates in label order, so it is replayed here rather than rerun."""
+    from test_train import TINY
+
+    from nri_ray import experiments
+    from nri_ray.infer import Recovery
+    from nri_ray.train import run
+
+    run(C.Config.from_dict(TINY), tiny_dataset, tmp_path / "bg", progress=False)
+    _swap_module_labels(tmp_path / "bg", tmp_path / "swapped")
+    flags = ["--data", str(tiny_dataset), "--hidden", "1", "--restarts", "8", "--steps", "5", "--tasks", "4"]
+    seen = {}
+
+    def search(lib, traj, known, hidden, **kw):
+        if "bg" not in seen:  # the original run: the real search
+            seen["bg"] = known, recover_hidden(lib, traj, known, hidden, **kw)
+            return seen["bg"][1]
+        bg_known, rec = seen["bg"]
+        seen["swapped"] = known
+        # the swapped model on swapped labels computes exactly what the original did
+        return Recovery(rec.trajectory, rec.fit, 1 - rec.hidden_modules)
+
+    monkeypatch.setattr(experiments, "recover_hidden", search)
+    for structure in (None, "truth"):
+        seen.clear()
+        results = {}
+        for name in ("bg", "swapped"):
+            out = tmp_path / f"fn-{name}-{structure}"
+            assert main(["find-node", str(tmp_path / name), "--out", str(out), *flags,
+                         *(["--structure", structure] if structure else [])]) == 0
+            results[name] = json.loads((out / "find_node.json").read_text())
+        assert results["bg"]["structure"] == (structure or "infer")
+        assert torch.equal(seen["swapped"], 1 - seen["bg"][0])
+        assert 0 <= results["bg"]["hidden_edge_accuracy"] <= 1
+        for key in ("trajectory_mse", "hidden_edge_accuracy", "visible_fit_mse"):
+            assert results["swapped"][key] == results["bg"][key]
 
 
 def test_recover_hidden_finds_a_particle_in_data_the_model_itself_made():

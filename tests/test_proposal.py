@@ -1,5 +1,6 @@
 """Learned and uniform proposals, the proposal network's shapes and loss."""
 import itertools
+import math
 
 import pytest
 import torch
@@ -53,9 +54,16 @@ def test_proposal_network_shapes_and_loss():
     net = ProposalNet(in_frames=9, dims=4, hidden=16, num_modules=3, seed=0)
     logits = net(torch.randn(6, 19, 4, 4))  # more frames than it needs: it takes the first 9
     assert logits.shape == (6, 12, 3)
-    target = logits.argmax(-1)
-    loss = proposal_loss(logits, target)
-    assert loss.shape == (6,) and (loss < torch.log(torch.tensor(3.0))).all()
+    # Against cross-entropies computed by hand on fixed logits, averaged over each task's edges:
+    # task 0 uniform (-log 1/3) and softmax (1, 2, 3)/6 at target 2 (-log 1/2); task 1 confident and
+    # wrong on its first edge, confident and right on its second.
+    fixed = torch.tensor([[[0.0, 0.0, 0.0], [0.0, math.log(2.0), math.log(3.0)]],
+                          [[10.0, 0.0, 0.0], [0.0, 0.0, 10.0]]])  # [tasks 2, edges 2, modules 3]
+    target = torch.tensor([[1, 2], [1, 2]])
+    want_0 = (math.log(3.0) + (math.log(6.0) - math.log(3.0))) / 2  # -log(1/3), -log(3/6)
+    lse = math.log(math.exp(10.0) + 2.0)
+    want_1 = ((lse - 0.0) + (lse - 10.0)) / 2  # wrong and confident, then right and confident
+    torch.testing.assert_close(proposal_loss(fixed, target), torch.tensor([want_0, want_1]), rtol=1e-6, atol=1e-6)
 
 
 def _one_step_errors(lib, window, structures, stride):

@@ -63,7 +63,9 @@ def test_sweep_interrupted_resumes_exactly_and_its_best_config_trains(tmp_path, 
 
     # Each resumed trial ends exactly where one uninterrupted run of its config ends.
     spec = S.load_spec(out)
-    for trial in sorted(p for p in out.iterdir() if (p / "params.json").exists()):
+    trials = sorted(p for p in out.iterdir() if (p / "params.json").exists())
+    assert len(trials) == 2
+    for trial in trials:
         cfg = S.trial_config(spec, json.loads((trial / "params.json").read_text()))
         local = C.Config.from_dict(C.merge(cfg.to_dict(), {"cluster": {"backend": "local"}}))
         run(local, tiny_dataset, tmp_path / trial.name, progress=False)
