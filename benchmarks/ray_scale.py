@@ -28,7 +28,7 @@ from round import synthetic_dataset  # noqa: E402
 from nri_ray import config as C  # noqa: E402
 
 MODELS = {
-    "tiny": {"model": {"edge_hidden": "8", "node_hidden": "8"}, "proposal": {"proposal_hidden": 8}},
+    "tiny": {"model": {"edge_hidden": [8], "node_hidden": [8]}, "proposal": {"proposal_hidden": 8}},
     "small": {},
 }
 

@@ -20,6 +20,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from . import config as C
+from . import flags as F
 from .errors import NriRayError
 
 QUICKSTART_DATA = Path("data/springs5-small")
@@ -29,7 +30,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .datagen import generate
 
     base = C.load_file(args.config) if args.config else {}
-    cfg = C.from_flags(C.GenerateConfig, args, base)
+    cfg = F.from_flags(C.GenerateConfig, args, base)
     start = time.perf_counter()
     meta = generate(cfg, Path(args.out), overwrite=args.overwrite, progress=not args.quiet)
     seconds = time.perf_counter() - start
@@ -105,13 +106,6 @@ def _warn_health(summary: dict) -> None:
         print(f"nri-ray: warning: {warning}", file=sys.stderr, flush=True)
 
 
-def _train_config(args: argparse.Namespace, saved: dict | None) -> C.Config:
-    base = saved if saved is not None else C.preset(args.preset)
-    if args.config:
-        base = C.merge(base, C.load_file(args.config))
-    return C.config_from_flags(args, base)
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import checkpoint, plots
     from .evaluate import plot_example
@@ -120,12 +114,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         run_dir = Path(args.resume)
         state = checkpoint.load(run_dir)
-        cfg = _train_config(args, state["config"])
+        cfg = F.config_from_args(args, saved=state["config"])
         data = args.data or state["meta"]["data_dir"]
     else:
         if not args.data or not args.out:
             raise NriRayError("train: --data and --out are required (or --resume RUN_DIR)")
-        cfg, run_dir, data = _train_config(args, None), Path(args.out), args.data
+        cfg, run_dir, data = F.config_from_args(args, preset_name=args.preset), Path(args.out), args.data
     result = run(cfg, data, run_dir, resume=bool(args.resume), report=None if args.quiet else _print_metrics,
                  progress=not args.quiet)
     plots.training_curves(run_dir / "metrics.jsonl", run_dir / "plots" / "training.png")
@@ -186,10 +180,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _experiment_base(args: argparse.Namespace) -> C.Config:
-    base = C.preset(args.budget)
-    if args.config:
-        base = C.merge(base, C.load_file(args.config))
-    return C.config_from_flags(args, base)
+    return F.config_from_args(args, preset_name=args.budget)
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -234,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="data_command", required=True)
 
     gen = dsub.add_parser("generate", help="simulate the NRI springs or charged benchmark")
-    C.add_flags(gen, C.GenerateConfig)
+    F.add_flags(gen, C.GenerateConfig)
     gen.add_argument("--config", help="YAML or JSON file with GenerateConfig fields (flags override it)")
     gen.add_argument("--out", required=True, help="output dataset directory")
     gen.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -268,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="small: CPU-sized; paper: the published architecture and hyper-parameters")
     train.add_argument("--config", help="YAML or JSON with sections model/proposal/anneal/train (flags override)")
     train.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
-    C.add_config_flags(train)
+    F.add_config_flags(train)
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("evaluate", help="meta-test inference with a trained run's frozen modules")
@@ -310,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML or JSON overriding the budget's config (flags override it)")
         p.add_argument("--test-sa-steps", type=int, default=100, help="SA steps per test task (modular)")
         p.add_argument("--tasks", type=int, default=0, help="score the first N test tasks (0 = all)")
-        C.add_config_flags(p)
+        F.add_config_flags(p)
     tab.set_defaults(func=_cmd_table)
     eff.set_defaults(func=_cmd_data_efficiency)
     for entry in entry_points(group="nri_ray.experiments"):  # e.g. `seeds`, from tuning/ (Tune trials)

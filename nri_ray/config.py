@@ -3,15 +3,15 @@
 Every field is declared with `param(default, doc, ...)`; the doc is the field's documentation
 (it becomes the `--help` text of its command-line flag) and the constraint is checked in
 `__post_init__`, so an invalid value can never exist in a config object. A config is built from
-defaults, then a YAML or JSON file (`load_file`), then command-line flags (`add_flags` /
-`from_flags`), each layer validated; unknown keys are rejected by name.
+a preset or a saved run's config, then a YAML or JSON file (`load_file`), then command-line flags
+(flags.py, which turns every field into a `--flag`), each layer validated; unknown keys are
+rejected by name. This module is the schema and the presets only.
 
 Derived quantities are properties, never mutated fields. Nothing here reads globals or
 environment variables.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -80,6 +80,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{where}: got {value!r}, expected a string")
+    if origin is tuple:  # tuple[int, ...]: a list in files, "64,64" on the command line and in runs saved before
+        item = typing.get_args(tp)[0]
+        if isinstance(value, str):
+            try:
+                value = [item(x) for x in value.split(",")]
+            except ValueError:
+                raise ConfigError(f"{where}: got {value!r}, expected a list of {item.__name__}s") from None
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: got {value!r}, expected a list of {item.__name__}s")
+        return tuple(_coerce(v, item, where) for v in value)
     return value
 
 
@@ -109,7 +119,8 @@ class Section:
         return getattr(cls, "SECTION", cls.__name__)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain values (lists, not tuples): what YAML, JSON and Ray Tune store."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
     def from_dict(cls, values: dict, where: str | None = None):
@@ -156,49 +167,6 @@ def save_file(cfg: Section, path: str | os.PathLike) -> None:
     from .io import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def add_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one `--flag` per field of `cls` (default None = "not given"), help from its doc."""
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        tp = _type_of(cls, f)
-        base = [a for a in typing.get_args(tp) if a is not type(None)][0] if typing.get_args(tp) else tp
-        doc = f.metadata.get("doc", "")
-        default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"{doc} (default: {default})"
-        if base is bool:
-            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(_flag(f.name), dest=f.name, type=_parse_flag(base, _flag(f.name)),
-                                choices=f.metadata.get("choices"), default=None, help=help_text)
-
-
-def _parse_flag(tp: type, flag: str) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            return tp(text)
-        except ValueError:
-            kind = {int: "an integer", float: "a number"}.get(tp, tp.__name__)
-            raise argparse.ArgumentTypeError(f"{flag}: got {text!r}, expected {kind}") from None
-
-    parse.__name__ = tp.__name__
-    return parse
-
-
-def from_flags(cls: type, args: argparse.Namespace, base: dict | None = None):
-    """Defaults, then `base` (from a file), then every flag the user gave."""
-    values = dict(base or {})
-    for f in dataclasses.fields(cls):
-        given = getattr(args, f.name, None)
-        if given is not None:
-            values[f.name] = given
-    return cls.from_dict(values)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -248,12 +216,8 @@ class GenerateConfig(Section):
         return self.workers or os.cpu_count() or 1
 
 
-def _widths(v: str) -> str | None:
-    try:
-        ok = all(int(x) > 0 for x in v.split(","))
-    except ValueError:
-        ok = False
-    return None if ok else "comma-separated positive integers, e.g. 256,256,256"
+def _widths(v: tuple) -> str | None:
+    return None if v and all(x > 0 for x in v) else "a non-empty list of positive integers, e.g. [256, 256, 256]"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -263,20 +227,21 @@ class ModelConfig(Section):
     SECTION = "model"
 
     edge_modules: int = param(2, "K, the number of edge modules", check=at_least(2))
-    edge_hidden: str = param("256,256,256", "edge MLP widths after the 2*dims input (last = message size)",
-                             check=_widths)
-    node_hidden: str = param("256,256,256", "node MLP hidden widths (input message+dims, output dims)", check=_widths)
+    edge_hidden: tuple[int, ...] = param((256, 256, 256), "edge MLP widths after the 2*dims input (last = message "
+                                         "size)", check=_widths)
+    node_hidden: tuple[int, ...] = param((256, 256, 256), "node MLP hidden widths (input message+dims, output dims)",
+                                         check=_widths)
     rollout: int = param(10, "rollout steps from each ground-truth anchor frame", check=at_least(1))
     init_spread: float = param(0.05, "edge module k's output layer starts scaled by init_spread ** k "
                                     "(1 = plain init; < 1 breaks the symmetry between modules)", check=positive)
 
     @property
     def edge_widths(self) -> list[int]:
-        return [int(x) for x in self.edge_hidden.split(",")]
+        return list(self.edge_hidden)
 
     @property
     def node_widths(self) -> list[int]:
-        return [int(x) for x in self.node_hidden.split(",")]
+        return list(self.node_hidden)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -414,7 +379,7 @@ def preset(name: str) -> dict:
         # A full-graph warm-up and the one-step block-optimum proposal make it converge on every seed
         # tried (docs/RESULTS.md, seed robustness): without them 4 of 10 seed pairs ended at 56-80%.
         return {
-            "model": {"edge_hidden": "64,64", "node_hidden": "64,64"},
+            "model": {"edge_hidden": [64, 64], "node_hidden": [64, 64]},
             "proposal": {"proposal_hidden": 64, "proposal_lr": 3e-3, "block_search": True},
             "anneal": {"schedule": "constant", "t0": 0.0},
             "train": {"rounds": 1300, "meta_batch_size": 64, "sa_steps": 2, "lr": 1e-2, "warmup_rounds": 100,
@@ -432,20 +397,3 @@ def merge(base: dict, override: dict) -> dict:
         else:
             out[key] = value
     return out
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One `--flag` per field of every section (section names are not needed: fields are unique)."""
-    for cls in SECTIONS.values():
-        group = parser.add_argument_group(cls.section_name(), cls.__doc__)
-        add_flags(group, cls)
-
-
-def config_from_flags(args: argparse.Namespace, base: dict) -> Config:
-    values = merge(base, {})
-    for section, cls in SECTIONS.items():
-        for f in dataclasses.fields(cls):
-            given = getattr(args, f.name, None)
-            if given is not None:
-                values.setdefault(section, {})[f.name] = given
-    return Config.from_dict(values)

@@ -137,6 +137,7 @@ class Checkpointer:
 
 def check_resume_config(saved: dict, cfg: Config, run_dir: Path, allowed: set = frozenset()) -> None:
     new = cfg.to_dict()
+    saved = Config.from_dict(saved).to_dict()  # normalized: runs saved before widths were lists hold "64,64"
     diffs = [f"{s}.{k}: checkpoint {saved[s].get(k)!r}, now {v!r}" for s, fields in new.items()
              for k, v in fields.items()
              if saved.get(s, {}).get(k) != v and (s, k) not in RESUMABLE_CHANGES and (s, k) not in allowed]

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from nri_ray import config as C
+from nri_ray import flags as F
 from nri_ray.errors import ConfigError
 
 
@@ -36,9 +37,9 @@ def test_file_then_flags(tmp_path):
     path = tmp_path / "gen.yaml"
     path.write_text("sim: charged\nn_balls: 3\nseed: 9\n")
     parser = argparse.ArgumentParser()
-    C.add_flags(parser, C.GenerateConfig)
+    F.add_flags(parser, C.GenerateConfig)
     args = parser.parse_args(["--seed", "11", "--nri-exact"])
-    cfg = C.from_flags(C.GenerateConfig, args, C.load_file(path))
+    cfg = F.from_flags(C.GenerateConfig, args, C.load_file(path))
     assert (cfg.sim, cfg.n_balls, cfg.seed, cfg.nri_exact) == ("charged", 3, 11, True)
     assert cfg.frames == 49 and cfg.frames_test == 99
 
@@ -75,3 +76,36 @@ def test_the_default_run_is_on_ray_with_one_shard_per_core():
     assert local.resolved().train.num_shards == 1
     fixed = C.Config.from_dict({"train": {"num_shards": 3}})
     assert fixed.resolved() is fixed
+
+
+def test_widths_are_int_lists_and_old_comma_strings_still_load():
+    cfg = C.Config.from_dict({"model": {"edge_hidden": [64, 32], "node_hidden": [16]}})
+    assert cfg.model.edge_hidden == (64, 32) and cfg.model.edge_widths == [64, 32]
+    assert cfg.to_dict()["model"]["edge_hidden"] == [64, 32]  # plain lists for YAML, JSON and Tune
+    old = C.Config.from_dict({"model": {"edge_hidden": "64,32", "node_hidden": "16"}})  # a run saved before
+    assert old == cfg
+    for bad, message in (([64, 0], "a non-empty list of positive integers"), ("64,x", "expected a list of ints"),
+                         ([], "a non-empty list"), (64, "expected a list of ints"), ([64.5], "expected an integer")):
+        with pytest.raises(ConfigError, match=message) as exc:
+            C.Config.from_dict({"model": {"edge_hidden": bad}})
+        assert "model.edge_hidden" in str(exc.value)
+
+
+def test_one_merge_preset_then_defaults_then_file_then_flags(tmp_path):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config")
+    F.add_config_flags(parser)
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {lr: 0.005, rounds: 7}\ncluster: {cpus_per_shard: 0.5}\n")
+    args = parser.parse_args(["--config", str(path), "--rounds", "9", "--edge-hidden", "8,8"])
+    cfg = F.config_from_args(args, preset_name="small", defaults={"cluster": {"cpus_per_shard": 0.75},
+                                                                  "train": {"eval_every": 3}})
+    assert cfg.train.meta_batch_size == 64  # the preset
+    assert cfg.train.eval_every == 3  # the command's default
+    assert (cfg.train.lr, cfg.cluster.cpus_per_shard) == (0.005, 0.5)  # the file over the default
+    assert cfg.train.rounds == 9 and cfg.model.edge_hidden == (8, 8)  # flags over everything
+    saved = C.Config().to_dict()
+    resumed = F.config_from_args(parser.parse_args(["--rounds", "3"]), saved=saved)
+    assert resumed.train.rounds == 3 and resumed.model.edge_hidden == (256, 256, 256)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--edge-hidden", "8,x"])

@@ -183,7 +183,7 @@ def test_resume_on_the_ray_backend_through_the_cli_is_exact(ray_session, tmp_pat
 
 def test_killed_server_with_a_large_state_is_restored(ray_session, tmp_path, tiny_dataset):
     """A state above Ray's inline limit (100 kB) lives in the object store: it survives the server's death."""
-    wide = {"model": {"edge_hidden": "128,128", "node_hidden": "128"}, "train": {"num_shards": 2, "rounds": 4},
+    wide = {"model": {"edge_hidden": [128, 128], "node_hidden": [128]}, "train": {"num_shards": 2, "rounds": 4},
             "cluster": {"backend": "ray"}}
     c = C.Config.from_dict(C.merge(TINY, wide))
     run(c, tiny_dataset, tmp_path / "clean", progress=False)

@@ -83,7 +83,7 @@ def test_a_reused_workspace_gives_the_same_results():
 def small(**train):
     """The small preset's search rounds, narrower: no warm-up, drawn proposals (tests opt into the others)."""
     return C.Config.from_dict(C.merge(C.preset("small"), {
-        "model": {"edge_hidden": "32,32", "node_hidden": "32"}, "proposal": {"proposal_hidden": 16, "block_search": False},
+        "model": {"edge_hidden": [32, 32], "node_hidden": [32]}, "proposal": {"proposal_hidden": 16, "block_search": False},
         "train": {"meta_batch_size": 10, "sa_steps": 2, "warmup_rounds": 0, **train}}))
 
 

@@ -64,7 +64,7 @@ def test_table_writes_both_tables_for_every_method_and_reuses_results(tmp_path, 
 
 
 def test_true_graph_training_fits_better_than_it_started(tmp_path, tiny_dataset):
-    base = C.merge(C.preset("small"), {"model": {"edge_hidden": "16,16", "node_hidden": "16"}})
+    base = C.merge(C.preset("small"), {"model": {"edge_hidden": [16, 16], "node_hidden": [16]}})
     for steps, name in ((0, "untrained"), (40, "trained")):
         cfg = B.model_config(base, "true-graph", B.Budget(max(steps, 1), 12, 0), 3)
         if steps == 0:
@@ -89,7 +89,7 @@ def test_data_efficiency_generates_trains_and_plots(tmp_path):
 
 
 def test_find_node_on_a_true_graph_model(tmp_path, tiny_dataset, capsys):
-    base = C.merge(C.preset("small"), {"model": {"edge_hidden": "16,16", "node_hidden": "16"}})
+    base = C.merge(C.preset("small"), {"model": {"edge_hidden": [16, 16], "node_hidden": [16]}})
     run_dir = B.train_baseline("true-graph", B.model_config(base, "true-graph", B.Budget(20, 12, 0), 3),
                                tiny_dataset, tmp_path / "tg")
     out = tmp_path / "fn"

@@ -22,7 +22,7 @@ def test_short_training_on_cuda(tmp_path, tiny_dataset):
     from nri_ray import config as C
     from nri_ray.train import run
 
-    cfg = C.Config.from_dict({"model": {"edge_hidden": "16,16", "node_hidden": "16", "rollout": 4},
+    cfg = C.Config.from_dict({"model": {"edge_hidden": [16, 16], "node_hidden": [16], "rollout": 4},
                               "proposal": {"proposal_hidden": 16},
                               "train": {"rounds": 4, "meta_batch_size": 8, "eval_every": 2, "eval_tasks": 8,
                                         "eval_sa_steps": 2, "device": "cuda", "num_shards": 2},

@@ -37,7 +37,7 @@ def test_reference_losses_equal_anchored_losses():
 def test_reference_round_trains_and_keeps_valid_structures():
     import nri_ray.config as C
 
-    cfg = C.Config.from_dict(C.merge(C.preset("paper"), {"model": {"edge_hidden": "16,16", "node_hidden": "16,16"}}))
+    cfg = C.Config.from_dict(C.merge(C.preset("paper"), {"model": {"edge_hidden": [16, 16], "node_hidden": [16, 16]}}))
     rs = np.random.default_rng(0)
     trajectories = rs.standard_normal((8, 49, 5, 4)).astype(np.float32)
     labels = rs.integers(0, 2, (8, 20))

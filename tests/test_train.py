@@ -13,7 +13,7 @@ from nri_ray.weights import flatten_params, pool_gradients
 from nri_ray.shard import ShardWorker
 from nri_ray.train import run, sample_batch
 
-TINY = {"model": {"edge_hidden": "16,16", "node_hidden": "16", "rollout": 4, "init_spread": 0.1},
+TINY = {"model": {"edge_hidden": [16, 16], "node_hidden": [16], "rollout": 4, "init_spread": 0.1},
         "proposal": {"proposal_hidden": 16},
         "anneal": {"schedule": "adaptive", "t0": 1e-3},
         "cluster": {"backend": "local"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from nri_ray import config as C
+from nri_ray import flags as F
 
 
 def register(sub) -> None:
@@ -47,7 +47,7 @@ def _add_base_config_flags(p: argparse.ArgumentParser, what: str) -> None:
     """The config every trial starts from: a preset, then a file, then the training flags."""
     p.add_argument("--preset", default="small", choices=("small", "paper"), help=f"base config of every {what}")
     p.add_argument("--config", help="YAML or JSON base config (flags override it)")
-    C.add_config_flags(p)
+    F.add_config_flags(p)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -61,10 +61,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         missing = [f for f, v in (("--space", args.space), ("--data", args.data), ("--out", args.out)) if not v]
         if missing:
             raise NriRayError(f"sweep: {', '.join(missing)} required (or --resume SWEEP_DIR)")
-        base = C.preset(args.preset)
-        if args.config:
-            base = C.merge(base, C.load_file(args.config))
-        base_cfg = C.config_from_flags(args, base)
+        base_cfg = F.config_from_args(args, preset_name=args.preset)
         spec = make_spec(space_name=args.space, data=args.data, base=base_cfg.to_dict(), num_samples=args.num_samples,
                          scheduler_name=args.scheduler, max_rounds=args.max_rounds, metric=args.metric,
                          shards_per_trial=args.shards_per_trial, driver_cpus=args.driver_cpus,
@@ -106,12 +103,9 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
         pairs = parse_pairs(args.pairs)
     else:
         pairs = [(d, t) for d in parse_seeds(args.data_seeds, "--data-seeds") for t in parse_seeds(args.train_seeds, "--train-seeds")]
-    base = C.preset(args.preset)
-    if args.config:
-        base = C.merge(base, C.load_file(args.config))
-    if args.cpus_per_shard is None:  # a trial of 2 shards fills 2 CPUs: 0.25 + 2 x 0.75 + 0.25
-        base = C.merge(base, {"cluster": {"cpus_per_shard": args.cpus_per_shard_default}})
-    base_cfg = C.config_from_flags(args, base)
+    # a trial of 2 shards fills 2 CPUs: 0.25 + 2 x 0.75 + 0.25 (a file or --cpus-per-shard overrides it)
+    base_cfg = F.config_from_args(args, preset_name=args.preset,
+                                  defaults={"cluster": {"cpus_per_shard": args.cpus_per_shard_default}})
     generate = {"sim": args.sim, "n_balls": args.n_balls, "num_train": args.num_train, "num_valid": args.num_valid,
                 "num_test": args.num_test, "length": args.length, "length_test": args.length_test}
     out = Path(args.out).resolve()

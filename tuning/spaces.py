@@ -24,8 +24,8 @@ SCHEDULES = {
 def modules() -> dict:
     """Module library size and widths: K edge modules 2..8, edge/node MLP widths, learning rate."""
     return {"model": {"edge_modules": tune.randint(2, 9),
-                      "edge_hidden": tune.choice(["64,64", "128,128", "256,256,256"]),
-                      "node_hidden": tune.choice(["64,64", "128,128", "256,256,256"])},
+                      "edge_hidden": tune.choice([[64, 64], [128, 128], [256, 256, 256]]),
+                      "node_hidden": tune.choice([[64, 64], [128, 128], [256, 256, 256]])},
             "train": {"lr": tune.loguniform(1e-3, 3e-2)}}
 
 
