@@ -70,6 +70,19 @@ def cluster(tmp_path_factory):
         shutil.rmtree(worker_tmp, ignore_errors=True)
 
 
+def submit(cluster, entry: list[str]) -> subprocess.CompletedProcess:
+    """`ray job submit` of `entry`. Right after `ray start` the head's job agent may not have
+    registered yet; Ray then refuses with "No available agent to submit job, please try again
+    later" (seen under load), so that one refusal is retried for up to a minute."""
+    cmd = [RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT), "--", *entry]
+    deadline = time.time() + 60
+    while True:
+        done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in done.stdout + done.stderr or time.time() > deadline:
+            return done
+        time.sleep(3)
+
+
 def state(run_dir):
     return torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)
 
@@ -112,8 +125,7 @@ def test_training_across_two_nodes_equals_the_local_run(cluster, tiny_dataset, l
 def test_ray_job_submit_of_a_training(cluster, tiny_dataset, local_reference):
     out = cluster["tmp"] / "job"
     entry = (f"nri-ray train --data {tiny_dataset} --out {out} --backend ray --cpus-per-shard 2 " + " ".join(FLAGS))
-    cmd = [RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT), "--", *entry.split()]
-    done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=600)
+    done = submit(cluster, entry.split())
     (cluster["tmp"] / "job.log").write_text(done.stdout + "\n---stderr---\n" + done.stderr)
     assert done.returncode == 0, (done.stdout[-6000:], done.stderr[-3000:])
     assert "succeeded" in done.stdout.lower()
@@ -140,8 +152,7 @@ def test_sweep_entry_script_as_a_ray_job(cluster, tiny_dataset):
              "--node-hidden", "16", "--proposal-hidden", "16", "--rollout", "4", "--meta-batch-size", "12",
              "--eval-tasks", "8", "--eval-sa-steps", "2", "--threads", "1", "--driver-cpus", "0.25",
              "--server-cpus", "0.25", "--cpus-per-shard", "0.5"]
-    cmd = [RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT), "--", *sweep]
-    done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=600)
+    done = submit(cluster, sweep)
     assert done.returncode == 0, (done.stdout[-6000:], done.stderr[-3000:])
     assert "added flags: --server-resource nri_server --shard-resource nri_shard" in done.stdout
     rows = (out / "results.csv").read_text().splitlines()
