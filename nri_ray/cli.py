@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     for p, default in ((tab, ",".join(METHODS)), (eff, "modular,nri-vae")):
         p.add_argument("--methods", default=default, help=f"comma-separated, of {', '.join(METHODS)}")
         p.add_argument("--budget", default="small", choices=("small", "paper"),
-                       help="small: the small preset's steps, batch and widths for every method; paper: published")
+                       help="small: the small preset's steps, batch and widths for every method but the NRI VAE "
+                            "(its own schedule and widths: --nri-*); paper: published")
         p.add_argument("--config", help="YAML or JSON overriding the budget's config (flags override it)")
         p.add_argument("--test-sa-steps", type=int, default=100, help="SA steps per test task (modular)")
         p.add_argument("--tasks", type=int, default=0, help="score the first N test tasks (0 = all)")

@@ -323,6 +323,31 @@ class TrainConfig(Section):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class NriConfig(Section):
+    """The NRI VAE baseline's own training (Kipf et al. 2018; the original's defaults). Its encoder
+    and decoder take the widths of the model and proposal sections, like every baseline."""
+
+    SECTION = "nri"
+
+    nri_budget: str = param("own", "own: the NRI schedule below (epochs, batch, StepLR, best-validation "
+                                   "checkpoint); steps: the modular run's rounds x meta-batch (the old rule)",
+                            choices=("own", "steps"))
+    nri_epochs: int = param(500, "NRI: passes over the meta-train tasks", check=at_least(1))
+    nri_batch_size: int = param(128, "NRI: tasks per step", check=at_least(1))
+    nri_lr: float = param(5e-4, "NRI: Adam learning rate", check=positive)
+    nri_lr_decay: int = param(200, "NRI: epochs between lr decays (StepLR)", check=at_least(1))
+    nri_gamma: float = param(0.5, "NRI: lr factor per decay", check=in_range(0.0, 1.0))
+    nri_hidden: int = param(256, "NRI: width of every hidden layer of its encoder and decoder (the original's "
+                                 "256); 0 = the model and proposal sections' widths", check=at_least(0))
+    nri_norm: str = param("batch", "NRI encoder's norm: batch (the original's BatchNorm) or layer",
+                          choices=("batch", "layer"))
+    nri_skip_first: bool = param(False, "NRI: edge type 0 sends no message (the original's --skip-first)")
+    nri_max_seconds: float = param(0.0, "NRI: stop after the epoch that passes this much training time "
+                                        "(0 = the whole schedule); for equal wall-clock comparisons",
+                                   check=at_least(0.0))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ClusterConfig(Section):
     """Where the shards run. None of these fields changes a result."""
 
@@ -352,6 +377,7 @@ class Config(Section):
     proposal: ProposalConfig = dataclasses.field(default_factory=ProposalConfig, metadata={"doc": "proposals"})
     anneal: AnnealConfig = dataclasses.field(default_factory=AnnealConfig, metadata={"doc": "temperature"})
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig, metadata={"doc": "BounceGrad loop"})
+    nri: NriConfig = dataclasses.field(default_factory=NriConfig, metadata={"doc": "NRI baseline"})
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig, metadata={"doc": "placement"})
 
     def to_dict(self) -> dict:
@@ -366,7 +392,7 @@ class Config(Section):
 
 
 SECTIONS = {"model": ModelConfig, "proposal": ProposalConfig, "anneal": AnnealConfig, "train": TrainConfig,
-            "cluster": ClusterConfig}
+            "nri": NriConfig, "cluster": ClusterConfig}
 
 
 def preset(name: str) -> dict:

@@ -114,9 +114,9 @@ def data_efficiency(base: Config, sim: str, sizes: list[int], out: str | Path, *
     """Edge accuracy against the number of meta-train tasks (the paper's Figure 3).
 
     One dataset with max(sizes) train tasks is generated once (OUT/data); each size trains on its
-    first N tasks. Budget rule: both methods take the same number of optimizer steps at the same
-    batch size for every size (`base.train.rounds` x `meta_batch_size`), so a point differs from
-    the next only in how many distinct tasks the batches are drawn from.
+    first N tasks. Budgets: modular meta-learning takes `base.train.rounds` x `meta_batch_size` at
+    every size; the NRI VAE its own schedule (`base.nri`: epochs over the N tasks, best
+    validation epoch), unless `nri_budget` is `steps`.
     """
 
     out = Path(out)
@@ -132,12 +132,14 @@ def data_efficiency(base: Config, sim: str, sizes: list[int], out: str | Path, *
         for m in methods:
             r = run_method(m, cfg, data_dir, out / f"n{n}", sa_steps, tasks, log)
             points[m].append({"train_tasks": n, "edge_accuracy": r["edge_accuracy"], "mse": r.get("mse")})
+    nri = (f"NRI {base.nri.nri_epochs} epochs of {base.nri.nri_batch_size}" if base.nri.nri_budget == "own"
+           else "NRI the same steps")
     result = {"simulator": sim, "sizes": sorted(sizes), "budget_steps": base.train.rounds,
-              "batch_size": base.train.meta_batch_size, "points": points}
+              "batch_size": base.train.meta_batch_size, "nri": base.nri.to_dict(), "points": points}
     B.write_json(out / "data_efficiency.json", result)
     plots.data_efficiency(points, out / "data_efficiency.png",
-                          f"{sim}: edge accuracy vs meta-train tasks ({base.train.rounds} steps x "
-                          f"{base.train.meta_batch_size} tasks each)")
+                          f"{sim}: edge accuracy vs meta-train tasks (modular {base.train.rounds} rounds x "
+                          f"{base.train.meta_batch_size}; {nri})")
     return result
 
 

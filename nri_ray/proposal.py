@@ -1,7 +1,7 @@
 """The learned proposal: an NRI-style MLP encoder giving per-edge module probabilities.
 
-Network (Kipf et al. 2018's factor-graph MLP encoder, REFERENCE.md 4.1, with one LayerNorm per
-block instead of the authors' stacked BatchNorms and no dropout):
+Network (Kipf et al. 2018's factor-graph MLP encoder, REFERENCE.md 4.1, no dropout; each block
+ends in a LayerNorm for SA's proposals, or in NRI's BatchNorm for the NRI baseline):
 
     node features  [tasks, nodes, frames * dims]  (each node's trajectory, time-major)
     mlp1           -> [tasks, nodes, hidden]
@@ -29,18 +29,26 @@ from .graph import edge_index
 
 
 class _Block(nn.Module):
-    """Linear, ELU, Linear, ELU, LayerNorm (NRI's MLP block with LayerNorm for BatchNorm)."""
+    """Linear, ELU, Linear, ELU, then a norm: LayerNorm (`norm="layer"`, per row: a task's output
+    does not depend on the rest of its batch, which SA and sharding need), or NRI's BatchNorm1d
+    (`"batch"`) over all tasks and rows of the batch: batch statistics in training, running ones
+    in evaluation (`.eval()`)."""
 
-    def __init__(self, n_in: int, hidden: int, generator: torch.Generator):
+    def __init__(self, n_in: int, hidden: int, generator: torch.Generator, norm: str = "layer"):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(n_in, hidden), nn.Linear(hidden, hidden)
-        self.norm = nn.LayerNorm(hidden)
+        if norm not in ("layer", "batch"):
+            raise ValueError(f"norm: got {norm!r}, expected layer or batch")
+        self.norm = nn.LayerNorm(hidden) if norm == "layer" else nn.BatchNorm1d(hidden)
         for fc in (self.fc1, self.fc2):  # NRI: Xavier-normal weights, biases 0.1
             fc.weight.data = torch.randn(fc.weight.shape, generator=generator) * (2.0 / sum(fc.weight.shape)) ** 0.5
             fc.bias.data.fill_(0.1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(F.elu(self.fc2(F.elu(self.fc1(x)))))
+        h = F.elu(self.fc2(F.elu(self.fc1(x))))  # [tasks, rows, hidden]
+        if isinstance(self.norm, nn.BatchNorm1d):  # statistics over tasks x rows: [tasks * rows, hidden]
+            return self.norm(h.reshape(-1, h.shape[-1])).view(h.shape)
+        return self.norm(h)
 
 
 class ProposalNet(nn.Module):
@@ -51,18 +59,19 @@ class ProposalNet(nn.Module):
         dims: state dimensions per node.
         hidden: block width (NRI 256, the authors 512).
         num_modules: K.
+        norm: "layer" (SA's proposal network) or "batch" (the NRI baseline's encoder, as the original).
     Shape:
         forward: `[tasks, frames >= in_frames, nodes, dims]` -> `[tasks, edges, modules]` logits.
     """
 
-    def __init__(self, in_frames: int, dims: int, hidden: int, num_modules: int, seed: int):
+    def __init__(self, in_frames: int, dims: int, hidden: int, num_modules: int, seed: int, norm: str = "layer"):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         self.in_frames = in_frames
-        self.mlp1 = _Block(in_frames * dims, hidden, g)
-        self.mlp2 = _Block(2 * hidden, hidden, g)
-        self.mlp3 = _Block(hidden, hidden, g)
-        self.mlp4 = _Block(3 * hidden, hidden, g)
+        self.mlp1 = _Block(in_frames * dims, hidden, g, norm)
+        self.mlp2 = _Block(2 * hidden, hidden, g, norm)
+        self.mlp3 = _Block(hidden, hidden, g, norm)
+        self.mlp4 = _Block(3 * hidden, hidden, g, norm)
         self.out = nn.Linear(hidden, num_modules)
         self.out.weight.data = torch.randn(self.out.weight.shape, generator=g) * (2.0 / (hidden + num_modules)) ** 0.5
         self.out.bias.data.fill_(0.1)

@@ -62,5 +62,6 @@ def randint(seed: int, task_ids: torch.Tensor, round_idx: int, stream: int, coun
 # Stream ids: one per kind of draw, so that draws never share counters.
 INIT, NODE, EDGES, ACCEPT, UNIFORM_EDGE, UNIFORM_MODULE, BATCH = range(1, 8)  # training rounds
 GUMBEL = 8  # the NRI baseline's Gumbel-softmax noise (keyed by seed, task, step)
+NRI_SHUFFLE, NRI_VALID = 9, 10  # the NRI baseline's epoch order (keyed by seed, task, epoch) and validation samples
 INFER_NODE, INFER_EDGES, INFER_ACCEPT = 101, 102, 103  # meta-test / meta-valid SA (keyed by seed, task, step)
 STEP_STRIDE = 1000  # SA step s of a round uses stream + s * STEP_STRIDE

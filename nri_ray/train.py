@@ -305,7 +305,8 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     """Models (no optimizers), config, meta and normalization of a trained run (for evaluation)."""
     state = checkpoint.load(Path(run_dir))
     cfg = Config.from_dict(state["config"])
-    lib, proposer = build_models(cfg, state["meta"]["dims"], state["meta"]["in_frames"])
+    meta = state["meta"]
+    lib, proposer = build_models(cfg, meta["dims"], meta["in_frames"], norm=meta.get("encoder_norm", "layer"))
     lib.load_state_dict(state["modules"])
     proposer.load_state_dict(state["proposal"])
     dev = resolve_device(device)

@@ -82,10 +82,10 @@ def pool_gradients(grads: Sequence[np.ndarray], tasks: Sequence[int]) -> np.ndar
     return (total / max(1, sum(tasks))).astype(np.float32)
 
 
-def build_models(cfg: Config, dims: int, in_frames: int) -> Models:
-    """Module library and proposal network, initialized from the run's seed."""
+def build_models(cfg: Config, dims: int, in_frames: int, norm: str = "layer") -> Models:
+    """Module library and proposal network (its blocks normalized by `norm`), initialized from the run's seed."""
     lib = ModuleLibrary(cfg.model.edge_modules, dims, cfg.model.edge_widths, cfg.model.node_widths,
                         seed=cfg.train.seed, init_spread=cfg.model.init_spread)
     proposer = ProposalNet(in_frames, dims, cfg.proposal.proposal_hidden, cfg.model.edge_modules,
-                           seed=cfg.train.seed + 1)
+                           seed=cfg.train.seed + 1, norm=norm)
     return Models(lib, proposer)

@@ -14,7 +14,8 @@ from nri_ray.modules import ModuleLibrary
 
 TINY = ["--rounds", "6", "--meta-batch-size", "12", "--eval-every", "3", "--eval-tasks", "8", "--eval-sa-steps", "2",
         "--edge-hidden", "16,16", "--node-hidden", "16", "--proposal-hidden", "16", "--rollout", "4", "--backend",
-        "local", "--threads", "1", "--test-sa-steps", "2"]
+        "local", "--threads", "1", "--test-sa-steps", "2", "--nri-epochs", "2",
+        "--nri-hidden", "0"]
 
 
 def test_soft_rollout_with_one_hot_weights_equals_the_hard_rollout():
