@@ -324,8 +324,7 @@ class TrainConfig(Section):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class NriConfig(Section):
-    """The NRI VAE baseline's own training (Kipf et al. 2018; the original's defaults). Its encoder
-    and decoder take the widths of the model and proposal sections, like every baseline."""
+    """The NRI VAE baseline's own training and widths (Kipf et al. 2018; the original's defaults)."""
 
     SECTION = "nri"
 
