@@ -74,7 +74,7 @@ def _train_split(data: Dataset, cfg: Config, device: torch.device):
     count = data.num_tasks("train") if not cfg.train.train_tasks else cfg.train.train_tasks
     part = data.read("train", 0, count)
     window = torch.as_tensor(part.trajectories[:, : cfg.train.sa_frames], device=device)  # [tasks, 49, n, d]
-    return window, torch.as_tensor(part.labels, device=device).long()
+    return window, None if part.labels is None else torch.as_tensor(part.labels, device=device).long()
 
 
 def gumbel_noise(u: torch.Tensor) -> torch.Tensor:
@@ -130,7 +130,7 @@ def nri_validation(lib, encoder, window: torch.Tensor, labels: torch.Tensor, see
 
     The encoder runs in evaluation mode (BatchNorm's running statistics); every frame but the last
     predicts the next. The edge accuracy (labels) is recorded for the curve only: the checkpoint
-    is chosen by the NLL.
+    is chosen by the NLL. Without labels (`labels` None) the accuracy is None.
     """
     encoder.eval()
     tasks, frames, n, d = window.shape
@@ -148,7 +148,7 @@ def nri_validation(lib, encoder, window: torch.Tensor, labels: torch.Tensor, see
         nll += float(((pred - w[:, 1:]) ** 2).sum()) / (2 * NRI_VARIANCE)
         correct.append(logits.argmax(dim=-1))
     encoder.train()
-    accuracy = edge_accuracy(torch.cat(correct).numpy(), labels.numpy(), logits.shape[-1])
+    accuracy = None if labels is None else edge_accuracy(torch.cat(correct).numpy(), labels.numpy(), logits.shape[-1])
     return nll / (tasks * n), accuracy
 
 
@@ -168,7 +168,7 @@ def _train_nri(cfg: Config, lib, encoder, window: torch.Tensor, data: Dataset, r
     nri, seed = cfg.nri, cfg.train.seed
     valid = data.read("valid", 0, data.num_tasks("valid"))
     valid_window = torch.as_tensor(valid.trajectories[:, : window.shape[1]])  # [valid tasks, 49, n, d]
-    valid_labels = torch.as_tensor(valid.labels).long()
+    valid_labels = None if valid.labels is None else torch.as_tensor(valid.labels).long()
     opt = torch.optim.Adam([*lib.parameters(), *encoder.parameters()], lr=nri.nri_lr)
     tasks = window.shape[0]
     state = {"epoch": 0, "step": 0, "seconds": 0.0, "curve": [], "best_nll": float("inf"), "best": None}
@@ -247,6 +247,8 @@ def train_baseline(method: str, cfg: Config, data_dir: str | Path, run_dir: str 
     if method not in ("full-graph", "true-graph", "supervised", "nri-vae"):
         raise NriRayError(f"--methods: {method!r} is not a trained baseline")
     run_dir, data = Path(run_dir), Dataset(data_dir)
+    if method in ("true-graph", "supervised"):
+        data.require_labels(f"the {method} baseline (it trains on the true relations)")
     device = torch.device("cpu")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -266,7 +268,8 @@ def train_baseline(method: str, cfg: Config, data_dir: str | Path, run_dir: str 
     params = {"supervised": list(encoder.parameters()), "nri-vae": [*lib.parameters(), *encoder.parameters()]}
     lr = cfg.proposal.proposal_lr if method == "supervised" else cfg.train.lr
     opt = torch.optim.Adam(params.get(method, list(lib.parameters())), lr=lr)
-    fixed = {"true-graph": labels, "full-graph": torch.zeros_like(labels)}.get(method)
+    full = torch.zeros(window.shape[0], window.shape[2] * (window.shape[2] - 1), dtype=torch.long)  # [tasks, edges]
+    fixed = {"true-graph": labels, "full-graph": full}.get(method)
     for step in range(cfg.train.rounds):
         ids = torch.as_tensor(sample_batch(seed, step, window.shape[0], cfg.train.meta_batch_size), device=device)
         batch = window[ids]  # [B, 49, n, d]
@@ -292,7 +295,7 @@ def _save_baseline(method, cfg, data, data_dir, run_dir, window, lib, encoder, n
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     meta = {"n_balls": data.n_balls, "dims": window.shape[-1], "in_frames": window.shape[1], "num_tasks": window.shape[0],
-            "simulator": data.sim, "normalization": data.normalization._asdict(),
+            "simulator": data.sim, "normalization": data.normalization.to_dict(),
             "data_dir": str(Path(data_dir).resolve()), "method": method, "encoder_norm": norm}
     checkpoint.save(run_dir, {"round": rounds - 1, "config": cfg.to_dict(), "meta": meta,
                               "modules": lib.state_dict(), "proposal": encoder.state_dict(),
@@ -324,16 +327,19 @@ def evaluate_baseline(method: str, run_dir: str | Path | None, data_dir: str | P
     server, cfg, meta, norm = load_run(run_dir)
     part = data.read("test", 0, count, normalize=False)
     traj = torch.as_tensor(norm.apply(part.trajectories))  # the run's normalization
-    labels = torch.as_tensor(part.labels).long()
+    if method == "true-graph":
+        data.require_labels("the true-graph baseline (its test structures are the labels)")
+    labels = None if part.labels is None else torch.as_tensor(part.labels).long()
     start = prediction_start(traj.shape[1], min(cfg.train.sa_frames, traj.shape[1]))
     accuracy, structures = None, None
     if method in ("supervised", "nri-vae"):
         structures = server.proposer(traj[:, : cfg.train.sa_frames]).argmax(dim=-1)  # [tasks, edges]
-        accuracy = edge_accuracy(structures.numpy(), part.labels, cfg.model.edge_modules)
+        if labels is not None:
+            accuracy = edge_accuracy(structures.numpy(), part.labels, cfg.model.edge_modules)
     elif method == "true-graph":
         structures = labels
     elif method == "full-graph":
-        structures = torch.zeros_like(labels)
+        structures = torch.zeros(count, data.n_balls * (data.n_balls - 1), dtype=torch.long)  # [tasks, edges]
     mse = None if method == "supervised" else prediction_mse(server.lib, traj, structures, start, horizons)
     return {"method": method, "tasks": count, "edge_accuracy": accuracy, "mse": mse,
             "seconds": time.perf_counter() - start_time}

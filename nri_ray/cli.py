@@ -1,11 +1,14 @@
 """The `nri-ray` command line.
 
     nri-ray data generate    simulate the NRI springs / charged benchmark into a dataset directory
+    nri-ray data import      your own .npy trajectories [tasks, time, nodes, dims], labels optional
     nri-ray data import-nri  read the original NRI .npy files into a dataset directory
     nri-ray data export-nri  write a dataset back as the original NRI .npy files
     nri-ray data info        counts, shapes, label balance, normalization constants
     nri-ray train            BounceGrad meta-training (or --resume RUN_DIR)
     nri-ray evaluate         meta-test inference with a trained run's frozen modules
+    nri-ray infer            each task's inferred graph (and module probabilities) to Parquet
+    nri-ray predict          roll inferred structures forward past each trajectory's end, to .npy
     nri-ray quickstart       the README's main job on its embedded defaults
 
 User errors (bad flags, files, values) print one line naming what is wrong and exit with 2.
@@ -47,6 +50,38 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_arrays(args: argparse.Namespace) -> int:
+    from .user_data import import_arrays
+
+    labels = {"train": args.labels_train, "valid": args.labels_valid, "test": args.labels_test}
+    meta = import_arrays(Path(args.out), train=args.train, valid=args.valid, test=args.test, labels=labels,
+                         valid_fraction=args.valid_fraction, seed=args.seed, normalize=args.normalize,
+                         overwrite=args.overwrite)
+    print(f"imported -> {args.out}: " + ", ".join(f"{k} {v}" for k, v in meta["counts"].items())
+          + f" tasks, {meta['n_balls']} nodes, {meta['dims']} dims, " + ("labeled" if meta["labeled"] else "unlabeled")
+          + f", normalization {meta['params']['normalization_scheme']}")
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from .user_data import infer_graphs
+
+    result = infer_graphs(args.run, args.out, data_dir=args.data, split=args.split, trajectories=args.trajectories,
+                          labels=args.labels, sa_steps=args.sa_steps, tasks=args.tasks, device=args.device,
+                          overwrite=args.overwrite)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .user_data import predict_future
+
+    result = predict_future(args.run, args.trajectories, args.steps, args.out, sa_steps=args.sa_steps,
+                            device=args.device, overwrite=args.overwrite)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .nri_files import export_nri
 
@@ -56,7 +91,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def dataset_info(directory: Path) -> dict:
-    from .data import SPLITS, DIMS, Dataset
+    from .data import SPLITS, Dataset
     from .graph import num_edges
 
     ds = Dataset(directory)
@@ -66,11 +101,12 @@ def dataset_info(directory: Path) -> dict:
         part = ds.read(split, normalize=False)  # also validates the file against meta.json
         splits[split] = {
             "tasks": ds.num_tasks(split),
-            "trajectories_shape": [ds.num_tasks(split), ds.frames(split), ds.n_balls, DIMS],
-            "labels_shape": [ds.num_tasks(split), num_edges(ds.n_balls)],
-            "label_balance": float(part.labels.mean()) if part.labels.size else None,
+            "trajectories_shape": [ds.num_tasks(split), ds.frames(split), ds.n_balls, ds.dims],
+            "labels_shape": [ds.num_tasks(split), num_edges(ds.n_balls)] if ds.labeled else None,
+            "label_balance": float(part.labels.mean()) if ds.labeled and part.labels.size else None,
         }
-    return {"directory": str(directory), "simulator": ds.sim, "n_balls": ds.n_balls, "source": meta.get("source"),
+    return {"directory": str(directory), "simulator": ds.sim, "n_balls": ds.n_balls, "dims": ds.dims,
+            "labeled": ds.labeled, "source": meta.get("source"),
             "seed": meta.get("seed"), "nri_exact": meta.get("nri_exact"), "splits": splits,
             "normalization": meta["normalization"], "format_version": meta["format_version"]}
 
@@ -83,18 +119,23 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"{info['directory']}: {info['simulator']}, {info['n_balls']} balls, source {info['source']}, "
           f"seed {info['seed']}")
     for split, s in info["splits"].items():
-        print(f"  {split:5s}  {s['tasks']:7d} tasks  trajectories {s['trajectories_shape']}  "
-              f"labels {s['labels_shape']}  fraction of label 1: {s['label_balance']:.4f}")
+        labels = (f"labels {s['labels_shape']}  fraction of label 1: {s['label_balance']:.4f}"
+                  if s["labels_shape"] else "unlabeled")
+        print(f"  {split:5s}  {s['tasks']:7d} tasks  trajectories {s['trajectories_shape']}  {labels}")
     n = info["normalization"]
-    print(f"  normalization: loc [{n['loc_min']:.4f}, {n['loc_max']:.4f}]  vel [{n['vel_min']:.4f}, {n['vel_max']:.4f}]")
+    if "loc_min" in n:
+        print(f"  normalization: loc [{n['loc_min']:.4f}, {n['loc_max']:.4f}]  vel [{n['vel_min']:.4f}, {n['vel_max']:.4f}]")
+    else:
+        print("  normalization: " + "  ".join(f"dims {g} [{a:.4f}, {b:.4f}]" for g, a, b in zip(n["groups"], n["min"], n["max"])))
     return 0
 
 
 def _print_metrics(row: dict) -> None:
     mse = row.get("valid_mse", {})
+    scored = (f"valid edge acc {row['valid_edge_accuracy']:.4f}  proposal acc {row['valid_proposal_accuracy']:.4f}  "
+              if "valid_edge_accuracy" in row else "")  # unlabeled data: no accuracies
     print(f"round {row['round']:6d}  loss {row['grad_loss']:.3e}  accept {row['accept_rate']:.2f}  "
-          f"T {row['temperature']:.2e}  valid edge acc {row['valid_edge_accuracy']:.4f}  "
-          f"proposal acc {row['valid_proposal_accuracy']:.4f}  mse@1 {mse.get('1', float('nan')):.2e}  "
+          f"T {row['temperature']:.2e}  {scored}mse@1 {mse.get('1', float('nan')):.2e}  "
           f"health {row.get('health_ratio', float('nan')):.3f}  {row['wall_seconds']:.0f} s", flush=True)
 
 
@@ -132,8 +173,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _print_eval(result: dict) -> None:
     mse = result["mse"]
     print(f"{result['split']} ({result['tasks']} tasks, {result['sa_steps']} SA steps, {result['seconds']:.1f} s)")
-    print(f"  edge accuracy (SA)        {result['edge_accuracy']:.4f}")
-    print(f"  edge accuracy (proposal)  {result['proposal_accuracy']:.4f}")
+    if "edge_accuracy" in result:
+        print(f"  edge accuracy (SA)        {result['edge_accuracy']:.4f}")
+        print(f"  edge accuracy (proposal)  {result['proposal_accuracy']:.4f}")
+    else:
+        print(f"  {result['note']}")
     print(f"  health ratio              {result['health_ratio']:.4f}   (SA loss / best single-module loss; label-free)")
     for h in ("1", "10", "20"):
         if h in mse:
@@ -232,6 +276,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(func=_cmd_generate)
 
+    own = dsub.add_parser("import", help="your own .npy trajectories [tasks, time, nodes, dims], labels optional",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    own.add_argument("--train", required=True, help="train trajectories, .npy [tasks, time, nodes, dims], raw units")
+    own.add_argument("--valid", help="valid trajectories (same frames as train); without it, --valid-fraction of "
+                                     "train becomes valid")
+    own.add_argument("--test", help="test trajectories (at least as many frames as train); without it, no test split")
+    for split in ("train", "valid", "test"):
+        own.add_argument(f"--labels-{split}", help=f"relation labels of --{split}, .npy [tasks, edges] (sender-major) "
+                                                   f"or [tasks, nodes, nodes], values 0/1; give all or none")
+    own.add_argument("--valid-fraction", type=float, default=0.1, help="fraction of train that becomes valid")
+    own.add_argument("--seed", type=int, default=0, help="seed of the train/valid split")
+    own.add_argument("--normalize", default="auto", choices=("auto", "pos-vel", "per-dim", "global"),
+                     help="state dims sharing one min/max: pos-vel = first half (positions) and second half "
+                          "(velocities), as NRI; auto = pos-vel for even dims, else per-dim")
+    own.add_argument("--out", required=True, help="output dataset directory")
+    own.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    own.set_defaults(func=_cmd_import_arrays)
+
     imp = dsub.add_parser("import-nri", help="read the original NRI .npy files")
     imp.add_argument("src", help="directory holding loc_/vel_/edges_{train,valid,test}_<sim><n>.npy")
     imp.add_argument("--sim", choices=("springs", "charged"), default="springs", help="simulator (file suffix)")
@@ -271,6 +333,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(func=_cmd_evaluate)
+
+    inf = sub.add_parser("infer", help="each task's inferred graph and module probabilities, to Parquet",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    inf.add_argument("run", help="run directory")
+    inf.add_argument("--data", help="dataset directory (normalized with the run's constants)")
+    inf.add_argument("--split", default="test", choices=("train", "valid", "test"), help="split of --data")
+    inf.add_argument("--trajectories", help="instead of --data: a .npy [tasks, time, nodes, dims] in raw units")
+    inf.add_argument("--labels", help="held-back labels (.npy, as for data import) to score against; never used "
+                                      "for inference")
+    inf.add_argument("--sa-steps", type=int, help="SA steps per task (default: 100)")
+    inf.add_argument("--tasks", type=int, default=0, help="only the first N tasks (0 = all)")
+    inf.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    inf.add_argument("--out", required=True, help="output .parquet: task_id, modules, probabilities, sa_loss")
+    inf.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    inf.set_defaults(func=_cmd_infer)
+
+    pre = sub.add_parser("predict", help="roll inferred structures forward past each trajectory's end, to .npy",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pre.add_argument("run", help="run directory")
+    pre.add_argument("--trajectories", required=True, help=".npy [tasks, time, nodes, dims] in raw units")
+    pre.add_argument("--steps", type=int, required=True, help="frames to predict past the last one")
+    pre.add_argument("--sa-steps", type=int, help="SA steps of the structure inference (default: 100)")
+    pre.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    pre.add_argument("--out", required=True, help="output .npy [tasks, steps, nodes, dims] in the input's units")
+    pre.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    pre.set_defaults(func=_cmd_predict)
 
     quick = sub.add_parser("quickstart", help="the README's main job on its embedded defaults")
     quick.add_argument("--data", default=str(QUICKSTART_DATA), help="dataset directory (generated if absent)")

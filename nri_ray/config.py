@@ -178,6 +178,8 @@ class GenerateConfig(Section):
     sim: str = param("springs", "simulator: springs (Hooke springs) or charged (Coulomb charges)",
                      choices=("springs", "charged"))
     n_balls: int = param(5, "number of particles per trajectory", check=at_least(2))
+    dims: int = param(2, "spatial dimensions of the particles (the NRI benchmark: 2); each state holds "
+                      "positions then velocities, 2 * dims numbers", check=at_least(1))
     num_train: int = param(50000, "meta-train trajectories", check=at_least(1))
     num_valid: int = param(10000, "meta-valid trajectories", check=at_least(1))
     num_test: int = param(10000, "meta-test trajectories", check=at_least(1))
@@ -193,6 +195,8 @@ class GenerateConfig(Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.nri_exact and self.dims != 2:
+            raise ConfigError(f"generate.nri_exact: replays the original 2-D generator; got dims {self.dims}, expected 2")
         for name in ("length", "length_test"):
             value = getattr(self, name)
             if value % self.sample_freq or value // self.sample_freq < 2:

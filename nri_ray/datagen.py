@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from . import simulate
 from .config import GenerateConfig
-from .data import SPLITS, SplitWriter, build_meta, edges_to_labels, nri_to_tasks, write_meta
+from .data import SPLITS, SplitWriter, build_meta, edges_to_labels, normalization_groups, nri_to_tasks, write_meta
 from .io import atomic_dir
 
 
@@ -27,7 +27,7 @@ def draw_all(cfg: GenerateConfig) -> dict[str, simulate.InitialConditions]:
             cfg.sim, cfg.n_balls, [(counts[s], frames[s]) for s in SPLITS], cfg.seed)
         return dict(zip(SPLITS, inits))
     return {
-        split: simulate.draw_initial(cfg.sim, cfg.n_balls, counts[split], np.random.default_rng([cfg.seed, i]))
+        split: simulate.draw_initial(cfg.sim, cfg.n_balls, counts[split], np.random.default_rng([cfg.seed, i]), cfg.dims)
         for i, split in enumerate(SPLITS)
     }
 
@@ -43,7 +43,8 @@ def generate(cfg: GenerateConfig, out: Path, overwrite: bool = False, progress: 
         writers = {}
         for split in SPLITS:
             frames = simulate.frames_for(lengths[split], cfg.sample_freq)
-            writer = writers[split] = SplitWriter(tmp / f"{split}.parquet", frames, cfg.n_balls, cfg.row_group_size)
+            writer = writers[split] = SplitWriter(tmp / f"{split}.parquet", frames, cfg.n_balls, cfg.row_group_size,
+                                                  dims=2 * cfg.dims, groups=normalization_groups("pos-vel", 2 * cfg.dims))
             init = inits[split]
 
             def on_chunk(start, loc, vel, writer=writer, init=init, split=split):
@@ -58,7 +59,7 @@ def generate(cfg: GenerateConfig, out: Path, overwrite: bool = False, progress: 
         spec = simulate.get_spec(cfg.sim)
         params = {"length": cfg.length, "length_test": cfg.length_test, "sample_freq": cfg.sample_freq,
                   "box_size": spec.box_size, "dt": spec.dt, "loc_std": spec.loc_std, "vel_norm": spec.vel_norm,
-                  "interaction_strength": spec.interaction_strength}
+                  "interaction_strength": spec.interaction_strength, "space_dims": cfg.dims}
         meta = build_meta(simulator=cfg.sim, n_balls=cfg.n_balls, writers=writers, source="generate",
                           seed=cfg.seed, nri_exact=cfg.nri_exact, params=params)
         write_meta(tmp, meta)

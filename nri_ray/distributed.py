@@ -243,7 +243,8 @@ class RayBackend:
 
     def observe_eval(self, row: dict) -> None:
         g, tags = self._metrics(), {"run": self.namespace}
-        g["valid_edge_accuracy"].set(float(row["valid_edge_accuracy"]), tags=tags)
+        if "valid_edge_accuracy" in row:  # unlabeled data has none
+            g["valid_edge_accuracy"].set(float(row["valid_edge_accuracy"]), tags=tags)
         for h in ("1", "10"):
             if h in row.get("valid_mse", {}):
                 g[f"valid_mse_{h}"].set(float(row["valid_mse"][h]), tags=tags)

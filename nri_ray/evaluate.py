@@ -2,8 +2,9 @@
 
 The NRI protocol (DATA.md A4): structures are inferred from the first `sa_frames` (49) frames
 of each task; prediction MSE is measured on one open-loop rollout starting at frame 49, at 1, 10
-and 20 steps, in normalized units. Any dataset of the same number of balls can be evaluated;
-it is normalized with the *training run's* constants.
+and 20 steps, in normalized units. Any dataset of the same number of balls and state dims can be
+evaluated; it is normalized with the *training run's* constants. On an unlabeled dataset the
+accuracies are left out (with a note) and the label-free numbers (health ratio, MSE) remain.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import torch
 from . import plots
 from .data import Dataset
 from .errors import NriRayError
-from .infer import infer_structures, predict, prediction_mse, prediction_start, structure_health
+from .infer import infer_for_run, predict, prediction_mse, prediction_start, structure_health
 from .io import atomic_write_text
 from .metrics import edge_accuracy
 from .train import load_run
@@ -32,8 +33,7 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
     run_dir = Path(run_dir)
     server, cfg, meta, norm = load_run(run_dir, device)
     data = Dataset(data_dir)
-    if data.n_balls != meta["n_balls"]:
-        raise NriRayError(f"--data {data_dir}: {data.n_balls} balls, the run {run_dir} was trained on {meta['n_balls']}")
+    check_data_matches_run(data, data_dir, meta, run_dir)
     warnings = []
     if meta.get("simulator") and data.sim != meta["simulator"]:
         warnings.append(f"--data {data_dir} is {data.sim} data, the run {run_dir} was trained on {meta['simulator']}: "
@@ -44,22 +44,16 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
     dev = next(server.lib.parameters()).device
     traj = torch.as_tensor(norm.apply(part.trajectories), device=dev)  # the run's normalization
     ids = torch.as_tensor(np.array(part.task_ids), device=dev)
-    sa_frames = min(cfg.train.sa_frames, traj.shape[1])
-    if sa_frames < meta["in_frames"]:
-        raise NriRayError(f"--split {split}: {traj.shape[1]} frames, the proposal network needs {meta['in_frames']}")
+    sa_frames = check_frames(traj.shape[1], cfg, meta, f"--split {split}")
     steps = META_TEST_SA_STEPS if sa_steps is None else sa_steps
     t0 = time.perf_counter()
-    inf = infer_structures(server.lib, server.proposer, traj, ids, sa_frames=sa_frames, rollout_steps=cfg.model.rollout,
-                           steps=steps, epsilon=cfg.proposal.epsilon, temperature=0.0, seed=cfg.train.seed,
-                           block_start=cfg.proposal.block_start, frame_stride=cfg.proposal.block_frame_stride)
-    k = cfg.model.edge_modules
+    inf = infer_for_run(server.lib, server.proposer, cfg, traj, ids, steps)
     structures = inf.structures.cpu().numpy()
     # Prediction from frame 49 when the trajectory goes on (test split); else the window's end.
     start = prediction_start(traj.shape[1], sa_frames)
     result = {
         "run": str(run_dir), "data": str(data_dir), "split": split, "tasks": count, "sa_steps": steps,
-        "edge_accuracy": edge_accuracy(structures, part.labels, k),
-        "proposal_accuracy": edge_accuracy(inf.proposal_structures.cpu().numpy(), part.labels, k),
+        **scores(inf, part.labels, cfg.model.edge_modules),
         "sa_loss": float(inf.losses.mean()),
         **structure_health(server.lib, traj[:, :sa_frames], inf.losses, cfg.model.rollout),
         "mse": prediction_mse(server.lib, traj, inf.structures, start),
@@ -75,8 +69,37 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
             pred = predict(server.lib, traj[:1], inf.structures[:1], start, steps_plot)[0].cpu().numpy()
             plots.trajectory(traj[0, : start + 1 + steps_plot].cpu().numpy(), pred, run_dir / "plots" / "trajectory.png",
                              f"{split} task 0: true (solid) vs predicted (dashed), from frame {start}")
-        plots.graphs(part.labels[0], structures[0], data.n_balls, run_dir / "plots" / "graph.png")
+        plots.graphs(None if part.labels is None else part.labels[0], structures[0], data.n_balls,
+                     run_dir / "plots" / "graph.png")
     return result
+
+
+UNLABELED_NOTE = "no labels: edge accuracies are left out (the health ratio and MSE need none)"
+
+
+def scores(inf, labels, num_modules: int) -> dict:
+    """Edge accuracy of the inferred and of the proposal network's structures (labels only score),
+    or a note when there are no labels."""
+    if labels is None:
+        return {"note": UNLABELED_NOTE}
+    return {"edge_accuracy": edge_accuracy(inf.structures.cpu().numpy(), labels, num_modules),
+            "proposal_accuracy": edge_accuracy(inf.proposal_structures.cpu().numpy(), labels, num_modules)}
+
+
+def check_data_matches_run(data: Dataset, data_dir, meta: dict, run_dir) -> None:
+    """Refuse a dataset of another node count or state dims than the run's, naming both."""
+    if data.n_balls != meta["n_balls"]:
+        raise NriRayError(f"--data {data_dir}: {data.n_balls} balls, the run {run_dir} was trained on {meta['n_balls']}")
+    if data.dims != meta["dims"]:
+        raise NriRayError(f"--data {data_dir}: {data.dims} state dims, the run {run_dir} was trained on {meta['dims']}")
+
+
+def check_frames(frames: int, cfg, meta: dict, what: str) -> int:
+    """The SA window for trajectories of `frames` frames; refuses ones shorter than the proposal network's input."""
+    sa_frames = min(cfg.train.sa_frames, frames)
+    if sa_frames < meta["in_frames"]:
+        raise NriRayError(f"{what}: {frames} frames, the proposal network needs {meta['in_frames']}")
+    return sa_frames
 
 
 def plot_example(run_dir: str | Path, data_dir: str | Path) -> None:

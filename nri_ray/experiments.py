@@ -21,7 +21,7 @@ from .config import Config, GenerateConfig, merge
 from .data import Dataset
 from .datagen import generate
 from .errors import NriRayError
-from .evaluate import evaluate
+from .evaluate import check_data_matches_run, evaluate
 from .graph import edge_index
 from .infer import recover_hidden
 from .io import atomic_write_text
@@ -61,8 +61,8 @@ def run_method(method: str, base: Config, data_dir: Path, out: Path, sa_steps: i
         if not (run_dir / "summary.json").exists():
             run(base, data_dir, run_dir, resume=(run_dir / "checkpoint.pt").exists(), progress=False)
         r = evaluate(run_dir, data_dir, "test", sa_steps=sa_steps, tasks=tasks, plot=False, write=False)
-        result = {"method": method, "tasks": r["tasks"], "edge_accuracy": r["edge_accuracy"],
-                  "proposal_accuracy": r["proposal_accuracy"], "mse": r["mse"]}
+        result = {"method": method, "tasks": r["tasks"], "edge_accuracy": r.get("edge_accuracy"),
+                  "proposal_accuracy": r.get("proposal_accuracy"), "mse": r["mse"]}  # no accuracies without labels
     elif method == "static":
         result = B.evaluate_baseline(method, None, data_dir, tasks)
     else:
@@ -150,7 +150,7 @@ def find_node(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, hid
               log=print) -> dict:
     """Recover a hidden particle from its pull on the others (paper section 5.2).
 
-    For each test task, particle `hidden` is removed. Its initial state (4 numbers) and the
+    For each test task, particle `hidden` is removed. Its initial state (dims numbers) and the
     modules of its edges are unknown; the edges among the visible particles come from the ground
     truth (`structure="truth"`, the paper's setting) or from the model's proposal network
     (`"infer"`; it sees the hidden particle too, so it is an optimistic setting). Default: truth
@@ -164,6 +164,8 @@ def find_node(run_dir: str | Path, data_dir: str | Path, out: str | Path, *, hid
     models, cfg, meta, norm = load_run(run_dir)
     lib = models.lib.requires_grad_(False)
     data = Dataset(data_dir)
+    data.require_labels("find-node (it scores the recovered particle's relations)")
+    check_data_matches_run(data, data_dir, meta, run_dir)
     n = data.n_balls
     if not 0 <= hidden < n:
         raise NriRayError(f"--hidden: got {hidden}, expected a particle index in 0..{n - 1}")

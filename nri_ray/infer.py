@@ -23,11 +23,13 @@ from .proposal import ProposalNet, propose_block_optimum, propose_learned
 
 
 class Inference(NamedTuple):
-    """Shape: structures, proposal_structures `[tasks, edges]` int64; losses `[tasks]`."""
+    """Shape: structures, proposal_structures `[tasks, edges]` int64; losses `[tasks]`;
+    probabilities `[tasks, edges, modules]` (the proposal network's, float32)."""
 
     structures: torch.Tensor
     proposal_structures: torch.Tensor
     losses: torch.Tensor
+    probabilities: torch.Tensor
 
 
 @torch.no_grad()
@@ -62,8 +64,17 @@ def infer_structures(lib: ModuleLibrary, proposer: ProposalNet, trajectories: to
                 proposed_loss[moved] = engine.losses(lib, window[moved], proposed[moved], rollout_steps, workspace)
             accept_u = rng.uniform(seed, ids, step, rng.INFER_ACCEPT, 1)[:, 0]
             current, loss, _, _ = anneal_step(current, loss, proposed, proposed_loss, temperature, accept_u)
-        out.append(Inference(current, first, loss))
+        out.append(Inference(current, first, loss, probs))
     return Inference(*(torch.cat(parts) for parts in zip(*out)))
+
+
+def infer_for_run(lib: ModuleLibrary, proposer: ProposalNet, cfg, trajectories: torch.Tensor, task_ids: torch.Tensor,
+                  steps: int) -> Inference:
+    """`infer_structures` with a run's settings (`cfg`: SA window, rollout, epsilon, seed, block start), greedy."""
+    return infer_structures(lib, proposer, trajectories, task_ids, sa_frames=min(cfg.train.sa_frames, trajectories.shape[1]),
+                            rollout_steps=cfg.model.rollout, steps=steps, epsilon=cfg.proposal.epsilon, temperature=0.0,
+                            seed=cfg.train.seed, block_start=cfg.proposal.block_start,
+                            frame_stride=cfg.proposal.block_frame_stride)
 
 
 @torch.no_grad()

@@ -41,9 +41,13 @@ def training_curves(metrics_path: Path, out: Path) -> Path | None:
     fig, axes = _figure(2, 2, figsize=(10, 7))
     axes[0, 0].semilogy(r, [row["grad_loss"] for row in rows], label="train loss (batch)")
     axes[0, 0].semilogy(r, [row["valid_loss"] for row in rows], label="meta-valid SA loss")
-    axes[0, 1].plot(r, [row["valid_edge_accuracy"] for row in rows], label="meta-valid edge accuracy (SA)")
-    axes[0, 1].plot(r, [row["valid_proposal_accuracy"] for row in rows], label="meta-valid proposal accuracy")
-    axes[0, 1].plot(r, [row["batch_edge_accuracy"] for row in rows], label="meta-train structures")
+    for key, label in (("valid_edge_accuracy", "meta-valid edge accuracy (SA)"),
+                       ("valid_proposal_accuracy", "meta-valid proposal accuracy"),
+                       ("batch_edge_accuracy", "meta-train structures")):
+        if all(key in row for row in rows):  # unlabeled data has no accuracies
+            axes[0, 1].plot(r, [row[key] for row in rows], label=label)
+    if not all("valid_edge_accuracy" in row for row in rows):  # the label-free signal in their place
+        axes[0, 1].semilogy(r, [row["health_ratio"] for row in rows], label="health ratio (label-free)")
     axes[1, 0].plot(r, [row["accept_rate"] for row in rows], label="all proposals")
     axes[1, 0].plot(r, [row["worse_accept_rate"] for row in rows], label="worse proposals")
     temps = [row["temperature"] for row in rows]
@@ -51,7 +55,8 @@ def training_curves(metrics_path: Path, out: Path) -> Path | None:
         axes[1, 1].semilogy(r, temps, label="temperature")
     else:  # greedy (T = 0) for at least part of the run: a log axis cannot show it
         axes[1, 1].plot(r, temps, label="temperature")
-    titles = ["loss", "edge accuracy", "acceptance rate", "temperature"]
+    titles = ["loss", "edge accuracy" if all("valid_edge_accuracy" in row for row in rows) else "structure health",
+              "acceptance rate", "temperature"]
     for ax, title in zip(axes.flat, titles):
         ax.set_title(title)
         ax.set_xlabel("round")
@@ -63,29 +68,38 @@ def training_curves(metrics_path: Path, out: Path) -> Path | None:
 def trajectory(true: np.ndarray, pred: np.ndarray, out: Path, title: str = "") -> Path:
     """Positions of one system: observed frames, then true vs predicted future.
 
+    The first two state dimensions are plotted against each other (x, y for particles); data
+    with one dimension is plotted against the frame.
+
     Args:
         true: `[time, nodes, dims]` ground truth (observed + future); pred: `[steps, nodes, dims]`,
             the predicted last `steps` frames.
     """
     fig, ax = _figure(figsize=(6, 6))
     steps = pred.shape[0]
+    if true.shape[-1] == 1:  # one state dimension: value (y) against frame (x)
+        frames = np.arange(len(true), dtype=np.float64)
+        true = np.stack([np.broadcast_to(frames[:, None], true.shape[:2]), true[..., 0]], axis=-1)
+        pred = np.stack([np.broadcast_to(frames[-steps:, None], pred.shape[:2]), pred[..., 0]], axis=-1)
     for node in range(true.shape[1]):
         color = f"C{node}"
         ax.plot(true[:-steps, node, 0], true[:-steps, node, 1], color=color, alpha=0.3)
         ax.plot(true[-steps - 1:, node, 0], true[-steps - 1:, node, 1], color=color, label=f"true {node}" if node == 0 else None)
         ax.plot(pred[:, node, 0], pred[:, node, 1], "--", color=color, label="predicted" if node == 0 else None)
     ax.set_title(title or "true (solid) vs predicted (dashed) positions")
-    ax.set_aspect("equal")
+    if true.shape[-1] > 1 and pred.shape[-1] > 1:
+        ax.set_aspect("equal")
     ax.legend(fontsize=8)
     return _save(fig, out)
 
 
-def graphs(true_edges: np.ndarray, inferred_edges: np.ndarray, n_nodes: int, out: Path) -> Path:
-    """True relation labels vs inferred modules of one system, as n x n matrices."""
+def graphs(true_edges: np.ndarray | None, inferred_edges: np.ndarray, n_nodes: int, out: Path) -> Path:
+    """True relation labels (if any) vs inferred modules of one system, as n x n matrices."""
     from .graph import edges_to_matrix
 
-    fig, axes = _figure(1, 2, figsize=(8, 4))
-    for ax, edges, title in ((axes[0], true_edges, "true relations"), (axes[1], inferred_edges, "inferred modules")):
+    panels = ([(true_edges, "true relations")] if true_edges is not None else []) + [(inferred_edges, "inferred modules")]
+    fig, axes = _figure(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    for ax, (edges, title) in zip(axes[0], panels):
         ax.imshow(edges_to_matrix(np.asarray(edges, np.float64), n_nodes, np.nan), cmap="viridis")
         ax.set_title(title)
         ax.set_xlabel("receiver")

@@ -40,7 +40,7 @@ class ShardStats(NamedTuple):
     worse_accepted: int
     changed_ids: np.ndarray  # [changed] int64 task ids
     changed_structures: np.ndarray  # [changed, edges] int8
-    confusion: np.ndarray  # [modules, relations] chosen structures vs true labels
+    confusion: np.ndarray | None  # [modules, relations] chosen structures vs true labels (None: unlabeled data)
     seconds: float
 
 
@@ -74,7 +74,7 @@ class ShardWorker:
         part = Dataset(data_dir).read("train", start, stop)
         self.task_ids = torch.as_tensor(np.array(part.task_ids), device=self.device)
         self.trajectories = torch.as_tensor(part.trajectories, device=self.device)  # [tasks, time, nodes, dims]
-        self.labels = part.labels  # [tasks, edges] int8 (numpy; only for metrics)
+        self.labels = part.labels  # [tasks, edges] int8 (numpy; only for metrics), None on unlabeled data
         n_nodes, dims = self.trajectories.shape[2], self.trajectories.shape[3]
         sa, grad = split_windows(self.trajectories[:1], cfg.train.grad_split, cfg.train.heldout_frames)
         self.lib, self.proposer = build_models(cfg, dims, sa.shape[1])
@@ -115,6 +115,7 @@ class ShardWorker:
             grad_loss_sum=float(r.grad_loss.sum()), proposal_loss_sum=float(r.proposal_loss.sum()),
             proposals=r.proposals, accepted=r.accepted, worse=r.worse, worse_accepted=r.worse_accepted,
             changed_ids=ids[changed].cpu().numpy(), changed_structures=r.structures[changed].to(torch.int8).cpu().numpy(),
-            confusion=confusion(r.structures.cpu().numpy(), self.labels[idx.cpu().numpy()], self.cfg.model.edge_modules),
+            confusion=None if self.labels is None else confusion(
+                r.structures.cpu().numpy(), self.labels[idx.cpu().numpy()], self.cfg.model.edge_modules),
             seconds=time.perf_counter() - t0)
         return stats, Gradients(self.shard_id, len(ids), flatten_grads(self.lib), flatten_grads(self.proposer))

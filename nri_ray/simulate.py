@@ -2,7 +2,8 @@
 
 Implements the data generator of Kipf et al., "Neural Relational Inference for Interacting
 Systems" (arXiv:1802.04687, `data/synthetic_sim.py`), exactly as `shared/spec/DATA.md` A1
-describes it: 2-D balls in a box with reflecting walls at +-5, dt = 0.001, kick-drift
+describes it: 2-D balls (or, beyond the benchmark, balls in any number of spatial dimensions:
+`draw_initial(..., dims=3)`) in a box with reflecting walls at +-5, dt = 0.001, kick-drift
 symplectic Euler, one state saved every `sample_freq` steps with the first saved frame
 overwritten, forces clipped per component at 0.1 / dt.
 
@@ -12,8 +13,8 @@ order, on arrays with the original's inner layout, so that the same initial cond
 the same bits (DATA.md A7): squared distances of charged particles are |a|^2 + |b|^2 - 2 a.b
 with a (batched) matmul, and forces are summed over the last, contiguous axis of length n.
 
-Layout inside this file is the original's, `[trajectories, 2, balls]` per state and
-`[trajectories, frames, 2, balls]` for saved frames; `data.py` converts once to the
+Layout inside this file is the original's, `[trajectories, space, balls]` per state (space = 2)
+and `[trajectories, frames, space, balls]` for saved frames; `data.py` converts once to the
 project-wide `[tasks, time, nodes, dims]`.
 
 Randomness: `draw_initial` takes a `numpy.random.Generator`; `draw_initial_nri_exact` replays
@@ -84,8 +85,8 @@ class InitialConditions(NamedTuple):
     Shape:
         edges: `[trajectories, balls, balls]` float64, the original `edges` matrix (springs:
             symmetric 0/1 with zero diagonal; charged: q q^T in {-1, +1}).
-        loc: `[trajectories, 2, balls]` float64, initial positions.
-        vel: `[trajectories, 2, balls]` float64, initial velocities (already rescaled).
+        loc: `[trajectories, space, balls]` float64, initial positions (space = 2 in the benchmark).
+        vel: `[trajectories, space, balls]` float64, initial velocities (already rescaled).
     """
 
     edges: np.ndarray
@@ -120,11 +121,12 @@ def _edges_from_draw(spec: SimSpec, draw: np.ndarray) -> np.ndarray:
     return np.matmul(draw, np.swapaxes(draw, -1, -2))
 
 
-def draw_initial(sim: str, n_balls: int, count: int, rng: np.random.Generator) -> InitialConditions:
+def draw_initial(sim: str, n_balls: int, count: int, rng: np.random.Generator, dims: int = 2) -> InitialConditions:
     """Draw `count` trajectories' initial conditions at once from a numpy Generator.
 
     Same distributions as the original (DATA.md A1), not the same stream: use
-    `draw_initial_nri_exact` for bit-exact replay of the original script.
+    `draw_initial_nri_exact` for bit-exact replay of the original script. `dims` spatial
+    dimensions (the benchmark's 2; any other number draws each coordinate the same way).
     """
     spec = get_spec(sim)
     if sim == "springs":
@@ -132,8 +134,8 @@ def draw_initial(sim: str, n_balls: int, count: int, rng: np.random.Generator) -
     else:
         draw = rng.choice(np.array([-1.0, 1.0]), size=(count, n_balls, 1))
     edges = _edges_from_draw(spec, draw)
-    loc = rng.standard_normal((count, 2, n_balls)) * spec.loc_std
-    vel = _rescale_velocity(spec, rng.standard_normal((count, 2, n_balls)))
+    loc = rng.standard_normal((count, dims, n_balls)) * spec.loc_std
+    vel = _rescale_velocity(spec, rng.standard_normal((count, dims, n_balls)))
     return InitialConditions(edges, loc, vel)
 
 
@@ -212,12 +214,12 @@ _SUM_ORDER_CACHE: dict[int, bool] = {}
 class _ForceField:
     """Forces on every ball of a batch, bit for bit as the original computes them.
 
-    Works on a trajectory-last layout, `[2, balls, trajectories]`, so that every elementwise
+    Works on a trajectory-last layout, `[space, balls, trajectories]`, so that every elementwise
     operation runs over long contiguous vectors; only the order of the arithmetic matters for
     exactness, and that is the original's.
     """
 
-    def __init__(self, spec: SimSpec, edges: np.ndarray):
+    def __init__(self, spec: SimSpec, edges: np.ndarray, space: int = 2):
         batch, n, _ = edges.shape
         self.spec, self.n = spec, n
         self.left_to_right = _sum_last_axis_is_left_to_right(n)
@@ -228,8 +230,8 @@ class _ForceField:
             self.springs_size = np.ascontiguousarray(size.transpose(1, 2, 0))  # [balls, balls, traj]
         else:
             self.charge_product = spec.interaction_strength * edges  # [trajectories, balls, balls]
-        self.diff = np.empty((2, n, n, batch))  # [2, balls i, balls j, trajectories]
-        self.force = np.empty((2, n, batch))  # [2, balls, trajectories]
+        self.diff = np.empty((space, n, n, batch))  # [space, balls i, balls j, trajectories]
+        self.force = np.empty((space, n, batch))  # [space, balls, trajectories]
 
     def _size(self, loc: np.ndarray) -> np.ndarray:
         """forces_size `[balls i, balls j, trajectories]` for the current positions."""
@@ -239,9 +241,11 @@ class _ForceField:
         # The original's `_l2(loc.T, loc.T)` = |a|^2 + |b|^2 - 2 a.b, with the a.b from a
         # (stacked) BLAS matmul as the original's `A.dot(B.T)`: BLAS may fuse multiply-adds,
         # so nothing else gives the same bits (DATA.md A7 (b)).
-        loc_b = np.ascontiguousarray(loc.transpose(2, 0, 1))  # [trajectories, 2, balls]
-        loc_bt = np.swapaxes(loc_b, -1, -2)  # [trajectories, balls, 2]
-        sq = loc_b[:, 0] ** 2 + loc_b[:, 1] ** 2  # [trajectories, balls]
+        loc_b = np.ascontiguousarray(loc.transpose(2, 0, 1))  # [trajectories, space, balls]
+        loc_bt = np.swapaxes(loc_b, -1, -2)  # [trajectories, balls, space]
+        sq = loc_b[:, 0] ** 2  # [trajectories, balls]: x^2 + y^2 (+ z^2 ...), added in coordinate order
+        for d in range(1, loc_b.shape[1]):
+            sq = sq + loc_b[:, d] ** 2
         dist = sq[:, :, None] + sq[:, None, :] - 2 * np.matmul(loc_bt, loc_b)  # [traj, balls, balls]
         with np.errstate(divide="ignore", invalid="ignore"):
             size = self.charge_product / np.power(dist, 3.0 / 2.0)
@@ -249,12 +253,12 @@ class _ForceField:
         return size.transpose(1, 2, 0)  # [balls i, balls j, trajectories] (a view)
 
     def __call__(self, loc: np.ndarray) -> np.ndarray:
-        """Force `[2, balls, trajectories]` on positions `loc` `[2, balls, trajectories]`."""
+        """Force `[space, balls, trajectories]` on positions `loc` `[space, balls, trajectories]`."""
         size = self._size(loc)
         diff = self.diff
         # diff[d, i, j] = loc[d, i] - loc[d, j]: the original's np.subtract.outer per coordinate.
         np.subtract(loc[:, :, None, :], loc[:, None, :, :], out=diff)
-        np.multiply(size[None], diff, out=diff)  # forces_size * diff, [2, i, j, trajectories]
+        np.multiply(size[None], diff, out=diff)  # forces_size * diff, [space, i, j, trajectories]
         force = self.force
         if self.left_to_right:
             np.copyto(force, diff[:, :, 0])
@@ -277,18 +281,18 @@ def simulate(
         length: integration steps T (5000 for train/valid, 10000 for test in the benchmark).
         sample_freq: save one state every this many steps.
     Returns:
-        `(loc, vel)`, each `[trajectories, frames, 2, balls]` float64 in the original layout,
+        `(loc, vel)`, each `[trajectories, frames, space, balls]` float64 in the original layout,
         frames = length / sample_freq - 1.
     """
     spec = get_spec(sim)
     frames = frames_for(length, sample_freq)
-    batch, _, n = init.loc.shape
-    # Saved frames, trajectory-last while integrating: [frames, 2, balls, trajectories].
-    loc_out = np.zeros((frames, 2, n, batch))
-    vel_out = np.zeros((frames, 2, n, batch))
-    loc = np.ascontiguousarray(init.loc.transpose(1, 2, 0))  # [2, balls, trajectories]
-    vel = np.ascontiguousarray(init.vel.transpose(1, 2, 0))  # [2, balls, trajectories]
-    forces = _ForceField(spec, init.edges)
+    batch, space, n = init.loc.shape
+    # Saved frames, trajectory-last while integrating: [frames, space, balls, trajectories].
+    loc_out = np.zeros((frames, space, n, batch))
+    vel_out = np.zeros((frames, space, n, batch))
+    loc = np.ascontiguousarray(init.loc.transpose(1, 2, 0))  # [space, balls, trajectories]
+    vel = np.ascontiguousarray(init.vel.transpose(1, 2, 0))  # [space, balls, trajectories]
+    forces = _ForceField(spec, init.edges, space)
     dt = spec.dt
     step_buf = np.empty_like(loc)
     _clamp(spec, loc, vel)
@@ -303,7 +307,7 @@ def simulate(
             vel_out[counter] = vel
             counter += 1
         vel += np.multiply(dt, forces(loc), out=step_buf)
-    # [frames, 2, balls, trajectories] -> [trajectories, frames, 2, balls], the original layout.
+    # [frames, space, balls, trajectories] -> [trajectories, frames, space, balls], the original layout.
     return (np.ascontiguousarray(loc_out.transpose(3, 0, 1, 2)), np.ascontiguousarray(vel_out.transpose(3, 0, 1, 2)))
 
 

@@ -23,10 +23,10 @@ from tqdm import tqdm
 from . import checkpoint, rng
 from .annealing import TemperatureState, initial_state, next_temperature
 from .config import Config
-from .data import DIMS, Dataset, Normalization
+from .data import Dataset, Normalization
 from .distributed import make_backend
 from .errors import NriRayError
-from .infer import infer_structures, module_share, prediction_mse, prediction_start, structure_health
+from .infer import infer_for_run, module_share, prediction_mse, prediction_start, structure_health
 from .io import atomic_write_text
 from .metrics import edge_accuracy, matched_accuracy
 from .shard import resolve_device
@@ -96,17 +96,15 @@ class Evaluator:
         device = self.trajectories.device
         lib, proposer = lib.to(device), proposer.to(device)
         sa_frames = min(cfg.train.sa_frames, self.trajectories.shape[1])
-        inf = infer_structures(lib, proposer, self.trajectories, self.task_ids, sa_frames=sa_frames,
-                               rollout_steps=cfg.model.rollout, steps=cfg.train.eval_sa_steps,
-                               epsilon=cfg.proposal.epsilon, temperature=0.0, seed=cfg.train.seed,
-                               block_start=cfg.proposal.block_start, frame_stride=cfg.proposal.block_frame_stride)
+        inf = infer_for_run(lib, proposer, cfg, self.trajectories, self.task_ids, cfg.train.eval_sa_steps)
         k = cfg.model.edge_modules
         start = prediction_start(self.trajectories.shape[1], sa_frames)  # the window's last frames
         mse = prediction_mse(lib, self.trajectories, inf.structures, start)
         health = structure_health(lib, self.trajectories[:, :sa_frames], inf.losses, cfg.model.rollout)
-        return {"valid_edge_accuracy": edge_accuracy(inf.structures.cpu().numpy(), self.labels, k),
-                "valid_proposal_accuracy": edge_accuracy(inf.proposal_structures.cpu().numpy(), self.labels, k),
-                "valid_loss": float(inf.losses.mean()),
+        scored = {} if self.labels is None else {  # labels only score; an unlabeled dataset has none
+            "valid_edge_accuracy": edge_accuracy(inf.structures.cpu().numpy(), self.labels, k),
+            "valid_proposal_accuracy": edge_accuracy(inf.proposal_structures.cpu().numpy(), self.labels, k)}
+        return {**scored, "valid_loss": float(inf.losses.mean()),
                 "valid_mse": {h: v for h, v in mse.items()}, **health,
                 "valid_module_share": module_share(inf.structures, k)}
 
@@ -148,13 +146,14 @@ def check_resume_config(saved: dict, cfg: Config, run_dir: Path, allowed: set = 
 def _round_stats(reports) -> dict:
     tasks = sum(r.tasks for r in reports)
     worse = sum(r.worse for r in reports)
-    conf = sum(r.confusion for r in reports)
+    confusions = [r.confusion for r in reports if r.confusion is not None]  # none on unlabeled data
     return {"loss": sum(r.loss_sum for r in reports) / tasks, "grad_loss": sum(r.grad_loss_sum for r in reports) / tasks,
             "proposal_loss": sum(r.proposal_loss_sum for r in reports) / tasks,
             "accept_rate": sum(r.accepted for r in reports) / max(1, sum(r.proposals for r in reports)),
             "worse_accept_rate": (sum(r.worse_accepted for r in reports) / worse) if worse else 0.0,
             "worse": worse, "worse_accepted": sum(r.worse_accepted for r in reports),
-            "batch_edge_accuracy": matched_accuracy(conf), "shard_seconds": max(r.seconds for r in reports)}
+            **({"batch_edge_accuracy": matched_accuracy(sum(confusions))} if confusions else {}),
+            "shard_seconds": max(r.seconds for r in reports)}
 
 
 def _resume_state(cfg: Config, data: Dataset, data_dir, run_dir: Path, mutate: bool) -> dict:
@@ -169,6 +168,9 @@ def _resume_state(cfg: Config, data: Dataset, data_dir, run_dir: Path, mutate: b
     if state["meta"]["n_balls"] != data.n_balls:
         raise NriRayError(f"--data {data_dir}: {data.n_balls} balls, the checkpoint was trained on "
                           f"{state['meta']['n_balls']}")
+    if state["meta"]["dims"] != data.dims:
+        raise NriRayError(f"--data {data_dir}: {data.dims} state dims, the checkpoint was trained on "
+                          f"{state['meta']['dims']}")
     return state
 
 
@@ -183,8 +185,8 @@ def _run_meta(cfg: Config, data: Dataset, data_dir) -> dict:
     if cfg.train.grad_split == "heldout" and frames - cfg.train.heldout_frames < 2:
         raise NriRayError(f"train.heldout_frames: {cfg.train.heldout_frames} leaves fewer than 2 of {frames} frames for SA")
     in_frames = frames if cfg.train.grad_split == "same" else frames - cfg.train.heldout_frames  # the SA window
-    return {"n_balls": data.n_balls, "dims": DIMS, "in_frames": in_frames, "num_tasks": num_tasks,
-            "simulator": data.sim, "normalization": data.normalization._asdict(), "data_dir": str(Path(data_dir).resolve())}
+    return {"n_balls": data.n_balls, "dims": data.dims, "in_frames": in_frames, "num_tasks": num_tasks,
+            "simulator": data.sim, "normalization": data.normalization.to_dict(), "data_dir": str(Path(data_dir).resolve())}
 
 
 def _fail_nonfinite(what: str, round_idx: int, value, run_dir: Path) -> TrainingError:
@@ -310,4 +312,4 @@ def load_run(run_dir: str | Path, device: str = "cpu"):
     lib.load_state_dict(state["modules"])
     proposer.load_state_dict(state["proposal"])
     dev = resolve_device(device)
-    return Models(lib.to(dev).eval(), proposer.to(dev).eval()), cfg, state["meta"], Normalization(**state["meta"]["normalization"])
+    return Models(lib.to(dev).eval(), proposer.to(dev).eval()), cfg, state["meta"], Normalization.from_dict(state["meta"]["normalization"])

@@ -99,6 +99,9 @@ def test_seeded_generation_is_reproducible(tmp_path, tiny_cfg):
 
 
 def test_normalization_merge_is_the_min_max_of_both():
-    a = Normalization(-1.0, 2.0, -3.0, 4.0)
-    b = Normalization(-2.0, 1.0, -1.0, 5.0)
-    assert a.merge(b) == Normalization(-2.0, 2.0, -3.0, 5.0)
+    def nri(loc_min, loc_max, vel_min, vel_max):
+        return Normalization.from_dict(dict(loc_min=loc_min, loc_max=loc_max, vel_min=vel_min, vel_max=vel_max))
+
+    a, b = nri(-1.0, 2.0, -3.0, 4.0), nri(-2.0, 1.0, -1.0, 5.0)
+    assert a.merge(b) == nri(-2.0, 2.0, -3.0, 5.0)
+    assert a.merge(b).to_dict() == dict(loc_min=-2.0, loc_max=2.0, vel_min=-3.0, vel_max=5.0)
