@@ -209,8 +209,9 @@ def _train_nri(cfg: Config, lib, encoder, window: torch.Tensor, data: Dataset, r
         state.update(epoch=epoch + 1, step=step, seconds=seconds, curve=curve)
         _save_nri_state(state_path, state, cfg, lib, encoder, opt)
         if progress and ((epoch + 1) % max(1, nri.nri_epochs // 20) == 0 or epoch == 0):
+            scored = "" if valid_accuracy is None else f" valid edge acc {valid_accuracy:.4f}"  # none without labels
             progress(f"nri-vae: epoch {epoch + 1}/{nri.nri_epochs} loss {train_loss / tasks:.3e} valid nll "
-                     f"{valid_nll:.3e} valid edge acc {valid_accuracy:.4f} ({seconds:.0f} s)")
+                     f"{valid_nll:.3e}{scored} ({seconds:.0f} s)")
     best = state["best"]
     lib.load_state_dict(best["modules"])
     encoder.load_state_dict(best["proposal"])

@@ -48,6 +48,16 @@ def test_ray_backend_equals_local_backend(ray_session, tmp_path, tiny_dataset, s
     assert_same_run(final_state(tmp_path / "local"), final_state(tmp_path / "ray"), exact_weights=True)
 
 
+def test_ray_backend_equals_local_backend_on_unlabeled_3d_data(ray_session, tmp_path, unlabeled_3d):
+    # Any state dims and no labels through the actors: 6 state dims, no confusion matrices.
+    train = {"num_shards": 2, "threads": 1}
+    local = C.Config.from_dict(C.merge(TINY, {"train": train}))
+    run(local, unlabeled_3d, tmp_path / "local", progress=False)
+    remote = C.Config.from_dict(C.merge(TINY, {"train": train, "cluster": {"backend": "ray"}}))
+    run(remote, unlabeled_3d, tmp_path / "ray", progress=False)
+    assert_same_run(final_state(tmp_path / "local"), final_state(tmp_path / "ray"), exact_weights=True)
+
+
 def test_shard_count_changes_only_float_summation_order(ray_session, tmp_path, tiny_dataset):
     for shards in (1, 3):
         c = C.Config.from_dict(C.merge(TINY, {"train": {"num_shards": shards}, "cluster": {"backend": "ray"}}))

@@ -30,13 +30,14 @@ def test_live_anchors_stop_at_the_last_frame():
     assert active_anchors(9, 10) == ((0,), (1,) * 8 + (0, 0))
 
 
-@pytest.mark.parametrize("modules,frames,rollout,edge_final,nodes", [
-    (2, 49, 10, "relu", 5), (3, 21, 10, "relu", 4), (4, 9, 10, "none", 5), (2, 13, 3, "relu", 3)])
-def test_recorded_losses_and_kept_rows_gradient_equal_autograd(modules, frames, rollout, edge_final, nodes):
+@pytest.mark.parametrize("modules,frames,rollout,edge_final,nodes,dims", [
+    (2, 49, 10, "relu", 5, 4), (3, 21, 10, "relu", 4, 4), (4, 9, 10, "none", 5, 4), (2, 13, 3, "relu", 3, 4),
+    (2, 13, 4, "relu", 5, 6), (3, 11, 3, "relu", 4, 1)])  # 3-D particles (6 state dims); one state dim
+def test_recorded_losses_and_kept_rows_gradient_equal_autograd(modules, frames, rollout, edge_final, nodes, dims):
     g = torch.Generator().manual_seed(modules * 100 + frames)
-    lib = ModuleLibrary(modules, 4, [24, 24, 16], [24, 24], seed=1, edge_final=edge_final, init_spread=0.5).double()
+    lib = ModuleLibrary(modules, dims, [24, 24, 16], [24, 24], seed=1, edge_final=edge_final, init_spread=0.5).double()
     tasks, edges = 5, nodes * (nodes - 1)
-    traj = torch.randn(tasks, frames, nodes, 4, generator=g, dtype=torch.float64)
+    traj = torch.randn(tasks, frames, nodes, dims, generator=g, dtype=torch.float64)
     current, first, second = (torch.randint(0, modules, (tasks, edges), generator=g) for _ in range(3))
     tape = Tape(lib, nodes, frames, rollout, Workspace(torch.device("cpu"), torch.float64))
     tape.reset(3 * tasks)

@@ -83,10 +83,12 @@ def test_one_and_three_shards_give_the_same_run(tmp_path, tiny_dataset):
     assert a.summary["valid_edge_accuracy"] == pytest.approx(b.summary["valid_edge_accuracy"])
 
 
-def test_resume_is_exact(tmp_path, tiny_dataset):
-    run(tiny(rounds=6), tiny_dataset, tmp_path / "whole", progress=False)
-    run(tiny(rounds=4), tiny_dataset, tmp_path / "split", progress=False)  # round 4 is not on the cadence
-    run(tiny(rounds=6), None or tiny_dataset, tmp_path / "split", resume=True, progress=False)
+@pytest.mark.parametrize("dataset", ["tiny_dataset", "unlabeled_3d"])  # also 6 state dims without labels
+def test_resume_is_exact(tmp_path, dataset, request):
+    data = request.getfixturevalue(dataset)
+    run(tiny(rounds=6), data, tmp_path / "whole", progress=False)
+    run(tiny(rounds=4), data, tmp_path / "split", progress=False)  # round 4 is not on the cadence
+    run(tiny(rounds=6), data, tmp_path / "split", resume=True, progress=False)
     whole, split = (torch.load(tmp_path / x / "checkpoint.pt", weights_only=True) for x in ("whole", "split"))
     assert whole["round"] == split["round"] == 5
     torch.testing.assert_close(split["structures"], whole["structures"], rtol=0, atol=0)

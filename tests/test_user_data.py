@@ -11,7 +11,6 @@ from nri_ray import config as C
 from nri_ray import simulate
 from nri_ray.cli import main
 from nri_ray.data import Dataset
-from nri_ray.datagen import generate
 from nri_ray.train import load_run, run
 
 TINY = {"model": {"edge_hidden": [16, 16], "node_hidden": [16], "rollout": 4, "init_spread": 0.1},
@@ -27,26 +26,13 @@ def cli(argv, capsys):
 
 
 @pytest.fixture(scope="module")
-def arrays(tmp_path_factory):
-    """3-D springs (state dims 6) as a user would have them: raw .npy arrays, labels apart."""
-    cfg = C.GenerateConfig(dims=3, num_train=24, num_valid=6, num_test=6, length=1000, length_test=2000,
-                           seed=7, workers=1, row_group_size=10)
-    root = tmp_path_factory.mktemp("own")
-    generate(cfg, root / "generated", progress=False)
-    ds = Dataset(root / "generated")
-    for split in ("train", "valid", "test"):
-        part = ds.read(split, normalize=False)
-        np.save(root / f"{split}.npy", part.trajectories)
-        np.save(root / f"labels_{split}.npy", part.labels)
-    return root
+def arrays(own_arrays):
+    return own_arrays
 
 
 @pytest.fixture(scope="module")
-def unlabeled(arrays):
-    out = arrays / "unlabeled"
-    assert main(["data", "import", "--train", str(arrays / "train.npy"), "--valid", str(arrays / "valid.npy"),
-                 "--test", str(arrays / "test.npy"), "--out", str(out)]) == 0
-    return out
+def unlabeled(unlabeled_3d):
+    return unlabeled_3d
 
 
 @pytest.fixture(scope="module")
@@ -279,3 +265,19 @@ def test_datasets_written_before_imports_still_load(tiny_dataset, tmp_path):
     ds = Dataset(old)
     assert ds.labeled and ds.dims == 4
     np.testing.assert_array_equal(ds.read("train").labels, Dataset(tiny_dataset).read("train").labels)
+
+
+def test_resume_refuses_data_of_other_dims(unlabeled_run, tiny_dataset, capsys):
+    _refused(capsys, ["train", "--resume", unlabeled_run, "--data", tiny_dataset, "--rounds", "6"],
+             "4 state dims, the checkpoint was trained on 6")
+
+
+def test_baselines_run_on_3d_data_and_leave_accuracy_out_without_labels(unlabeled, tmp_path, capsys):
+    code, out, err = cli(["experiment", "table", "--data", unlabeled, "--out", tmp_path / "t", "--methods",
+                          "static,full-graph,nri-vae", "--rounds", "2", "--nri-epochs", "1", "--nri-hidden", "0",
+                          "--edge-hidden", "8", "--node-hidden", "8", "--proposal-hidden", "8", "--rollout", "2"], capsys)
+    assert code == 0, err
+    results = {m: json.loads((tmp_path / "t" / m / "result.json").read_text()) for m in ("static", "full-graph", "nri-vae")}
+    assert all(r["edge_accuracy"] is None and np.isfinite(r["mse"]["1"]) for r in results.values())
+    _refused(capsys, ["experiment", "table", "--data", unlabeled, "--out", tmp_path / "u", "--methods", "true-graph",
+                      "--rounds", "2"], "unlabeled dataset", "true-graph")
