@@ -119,8 +119,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"{info['directory']}: {info['simulator']}, {info['n_balls']} balls, source {info['source']}, "
           f"seed {info['seed']}")
     for split, s in info["splits"].items():
-        labels = (f"labels {s['labels_shape']}  fraction of label 1: {s['label_balance']:.4f}"
-                  if s["labels_shape"] else "unlabeled")
+        balance = "–" if s["label_balance"] is None else f"{s['label_balance']:.4f}"  # None: no tasks
+        labels = f"labels {s['labels_shape']}  fraction of label 1: {balance}" if s["labels_shape"] else "unlabeled"
         print(f"  {split:5s}  {s['tasks']:7d} tasks  trajectories {s['trajectories_shape']}  {labels}")
     n = info["normalization"]
     if "loc_min" in n:

@@ -40,6 +40,8 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
                         f"its modules learned other interactions, so these numbers measure a transfer, not the run")
         print(f"warning: {warnings[-1]}", file=sys.stderr, flush=True)
     count = data.num_tasks(split) if not tasks else min(tasks, data.num_tasks(split))
+    if count == 0:
+        raise NriRayError(f"--split {split}: {data_dir} has no {split} tasks (imported without --{split}?)")
     part = data.read(split, 0, count, normalize=False)
     dev = next(server.lib.parameters()).device
     traj = torch.as_tensor(norm.apply(part.trajectories), device=dev)  # the run's normalization
@@ -103,5 +105,7 @@ def check_frames(frames: int, cfg, meta: dict, what: str) -> int:
 
 
 def plot_example(run_dir: str | Path, data_dir: str | Path) -> None:
-    """The trajectory and graph plots of one meta-test system (written at the end of training)."""
+    """The trajectory and graph plots of one meta-test system (written at the end of training), if there is one."""
+    if Dataset(data_dir).num_tasks("test") == 0:
+        return
     evaluate(run_dir, data_dir, "test", tasks=1, device="cpu", plot=True, write=False)

@@ -65,6 +65,16 @@ def training_curves(metrics_path: Path, out: Path) -> Path | None:
     return _save(fig, out)
 
 
+def _plane(states: np.ndarray, first_frame: int = 0) -> np.ndarray:
+    """`[frames, ..., dims]` -> `[frames, ..., 2]` plot coordinates: the first two state dimensions,
+    or (frame, value) for data with one dimension."""
+    if states.shape[-1] >= 2:
+        return states[..., :2]
+    frames = np.arange(first_frame, first_frame + len(states), dtype=np.float64)
+    frames = np.broadcast_to(frames.reshape((-1,) + (1,) * (states.ndim - 2)), states.shape[:-1])
+    return np.stack([frames, states[..., 0]], axis=-1)
+
+
 def trajectory(true: np.ndarray, pred: np.ndarray, out: Path, title: str = "") -> Path:
     """Positions of one system: observed frames, then true vs predicted future.
 
@@ -77,18 +87,15 @@ def trajectory(true: np.ndarray, pred: np.ndarray, out: Path, title: str = "") -
     """
     fig, ax = _figure(figsize=(6, 6))
     steps = pred.shape[0]
-    if true.shape[-1] == 1:  # one state dimension: value (y) against frame (x)
-        frames = np.arange(len(true), dtype=np.float64)
-        true = np.stack([np.broadcast_to(frames[:, None], true.shape[:2]), true[..., 0]], axis=-1)
-        pred = np.stack([np.broadcast_to(frames[-steps:, None], pred.shape[:2]), pred[..., 0]], axis=-1)
+    flat = true.shape[-1] == 1
+    true, pred = _plane(true), _plane(pred, first_frame=len(true) - steps)
     for node in range(true.shape[1]):
         color = f"C{node}"
         ax.plot(true[:-steps, node, 0], true[:-steps, node, 1], color=color, alpha=0.3)
         ax.plot(true[-steps - 1:, node, 0], true[-steps - 1:, node, 1], color=color, label=f"true {node}" if node == 0 else None)
         ax.plot(pred[:, node, 0], pred[:, node, 1], "--", color=color, label="predicted" if node == 0 else None)
     ax.set_title(title or "true (solid) vs predicted (dashed) positions")
-    if true.shape[-1] > 1 and pred.shape[-1] > 1:
-        ax.set_aspect("equal")
+    ax.set_aspect("equal" if not flat else "auto")
     ax.legend(fontsize=8)
     return _save(fig, out)
 
@@ -149,6 +156,7 @@ def find_node(observed: np.ndarray, recovered: np.ndarray, hidden: int, out: Pat
         recovered: `[frames, dims]` the recovered hidden particle.
     """
     fig, ax = _figure(figsize=(5, 5))
+    observed, recovered = _plane(observed), _plane(recovered)
     for j in range(observed.shape[1]):
         if j != hidden:
             ax.plot(observed[:, j, 0], observed[:, j, 1], color="0.6", lw=1)

@@ -193,6 +193,8 @@ def _run_inputs(run_dir, device: str, *, data_dir=None, split: str = "test", tra
         data = Dataset(data_dir)
         check_data_matches_run(data, data_dir, meta, run_dir)
         count = data.num_tasks(split) if not tasks else min(tasks, data.num_tasks(split))
+        if count == 0:
+            raise NriRayError(f"--split {split}: {data_dir} has no {split} tasks (imported without --{split}?)")
         part = data.read(split, 0, count, normalize=False)
         return models, cfg, meta, norm, part.trajectories, np.asarray(part.task_ids), part.labels
     raw = check_trajectories(load_array(trajectories, "--trajectories"), "--trajectories", trajectories,

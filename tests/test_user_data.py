@@ -281,3 +281,16 @@ def test_baselines_run_on_3d_data_and_leave_accuracy_out_without_labels(unlabele
     assert all(r["edge_accuracy"] is None and np.isfinite(r["mse"]["1"]) for r in results.values())
     _refused(capsys, ["experiment", "table", "--data", unlabeled, "--out", tmp_path / "u", "--methods", "true-graph",
                       "--rounds", "2"], "unlabeled dataset", "true-graph")
+
+
+def test_a_dataset_without_test_split_trains_and_says_so_on_evaluate(arrays, tmp_path, capsys):
+    data, run_dir = tmp_path / "d", tmp_path / "run"
+    assert main(["data", "import", "--train", str(arrays / "train.npy"), "--out", str(data)]) == 0
+    code, _, err = cli(["train", "--data", data, "--out", run_dir, "--backend", "local", "--edge-hidden", "8",
+                        "--node-hidden", "8", "--proposal-hidden", "8", "--rollout", "2", "--rounds", "2",
+                        "--eval-every", "1", "--eval-sa-steps", "1", "--quiet"], capsys)
+    assert code == 0, err
+    _refused(capsys, ["evaluate", run_dir, "--data", data], "--split test", "has no test tasks")
+    code, out, err = cli(["infer", run_dir, "--data", data, "--split", "valid", "--sa-steps", "1",
+                          "--out", tmp_path / "v.parquet"], capsys)
+    assert code == 0 and json.loads(out)["tasks"] == 2, err
