@@ -56,7 +56,7 @@ def cluster(tmp_path_factory):
         worker = [RAY, "start", "--address", f"127.0.0.1:{port}", "--resources", '{"nri_shard": 1}',
                   "--temp-dir", worker_tmp, *common]
         subprocess.run(worker, env=env, check=True, capture_output=True, timeout=120)
-        deadline = time.time() + 60
+        deadline = time.time() + 180
         while time.time() < deadline:  # wait until both nodes are registered
             status = subprocess.run([RAY, "status", "--address", f"127.0.0.1:{port}"], env=env, capture_output=True,
                                     text=True, timeout=60)
@@ -73,9 +73,10 @@ def cluster(tmp_path_factory):
 def submit(cluster, entry: list[str]) -> subprocess.CompletedProcess:
     """`ray job submit` of `entry`. Right after `ray start` the head's job agent may not have
     registered yet; Ray then refuses with "No available agent to submit job, please try again
-    later" (seen under load), so that one refusal is retried for up to a minute."""
+    later" (seen under load: twice past a minute while another training shared the 2 cores), so
+    that one refusal is retried for up to three minutes."""
     cmd = [RAY, "job", "submit", "--address", cluster["dashboard"], "--working-dir", str(ROOT), "--", *entry]
-    deadline = time.time() + 60
+    deadline = time.time() + 180
     while True:
         done = subprocess.run(cmd, env=cluster["env"], capture_output=True, text=True, timeout=600)
         if "No available agent to submit job" not in done.stdout + done.stderr or time.time() > deadline:
