@@ -21,7 +21,7 @@ import torch
 from . import graph
 from .data import NORMALIZATION_SCHEMES, SPLITS, SplitWriter, build_meta, normalization_groups, write_meta
 from .errors import DataError, NriRayError
-from .io import atomic_dir, atomic_write_bytes
+from .io import atomic_dir, atomic_write_bytes, check_output_dir
 
 IMPORT_SCHEMES = ("auto",) + NORMALIZATION_SCHEMES
 
@@ -94,6 +94,7 @@ def import_arrays(out: Path, *, train: Path, valid: Path | None = None, test: Pa
     Without `valid`, a seeded random `valid_fraction` of the train tasks becomes the valid split.
     Without `test`, the test split is empty. Labels must be given for every split given, or none.
     """
+    check_output_dir(Path(out), overwrite)  # before any work
     labels = {k: v for k, v in (labels or {}).items() if v is not None}
     files = {"train": train, "valid": valid, "test": test}
     for split in labels:
