@@ -21,7 +21,7 @@ from .data import Dataset
 from .errors import NriRayError
 from .infer import infer_for_run, predict, prediction_mse, prediction_start, structure_health
 from .io import atomic_write_text
-from .metrics import edge_accuracy
+from .metrics import inference_accuracies
 from .train import load_run
 
 
@@ -32,17 +32,13 @@ def evaluate(run_dir: str | Path, data_dir: str | Path, split: str = "test", sa_
              tasks: int = 0, device: str = "auto", plot: bool = True, write: bool = True) -> dict:
     run_dir = Path(run_dir)
     server, cfg, meta, norm = load_run(run_dir, device)
-    data = Dataset(data_dir)
-    check_data_matches_run(data, data_dir, meta, run_dir)
+    data, part = read_for_run(data_dir, split, tasks, meta, run_dir)
+    count = len(part.task_ids)
     warnings = []
     if meta.get("simulator") and data.sim != meta["simulator"]:
         warnings.append(f"--data {data_dir} is {data.sim} data, the run {run_dir} was trained on {meta['simulator']}: "
                         f"its modules learned other interactions, so these numbers measure a transfer, not the run")
         print(f"warning: {warnings[-1]}", file=sys.stderr, flush=True)
-    count = data.num_tasks(split) if not tasks else min(tasks, data.num_tasks(split))
-    if count == 0:
-        raise NriRayError(f"--split {split}: {data_dir} has no {split} tasks (imported without --{split}?)")
-    part = data.read(split, 0, count, normalize=False)
     dev = next(server.lib.parameters()).device
     traj = torch.as_tensor(norm.apply(part.trajectories), device=dev)  # the run's normalization
     ids = torch.as_tensor(np.array(part.task_ids), device=dev)
@@ -82,10 +78,18 @@ UNLABELED_NOTE = "no labels: edge accuracies are left out (the health ratio and 
 def scores(inf, labels, num_modules: int) -> dict:
     """Edge accuracy of the inferred and of the proposal network's structures (labels only score),
     or a note when there are no labels."""
-    if labels is None:
-        return {"note": UNLABELED_NOTE}
-    return {"edge_accuracy": edge_accuracy(inf.structures.cpu().numpy(), labels, num_modules),
-            "proposal_accuracy": edge_accuracy(inf.proposal_structures.cpu().numpy(), labels, num_modules)}
+    return inference_accuracies(inf, labels, num_modules) or {"note": UNLABELED_NOTE}
+
+
+def read_for_run(data_dir, split: str, tasks: int, meta: dict, run_dir):
+    """(dataset, raw split part) of the first `tasks` tasks (0 = all) of `split`, checked against the
+    run's node count and state dims; an empty split is refused by name."""
+    data = Dataset(data_dir)
+    check_data_matches_run(data, data_dir, meta, run_dir)
+    count = data.num_tasks(split) if not tasks else min(tasks, data.num_tasks(split))
+    if count == 0:
+        raise NriRayError(f"--split {split}: {data_dir} has no {split} tasks (imported without --{split}?)")
+    return data, data.read(split, 0, count, normalize=False)
 
 
 def check_data_matches_run(data: Dataset, data_dir, meta: dict, run_dir) -> None:

@@ -47,6 +47,15 @@ def edge_accuracy(structures, labels, num_modules: int, num_relations: int = 2) 
     return matched_accuracy(confusion(structures, labels, num_modules, num_relations))
 
 
+def inference_accuracies(inference, labels, num_modules: int, prefix: str = "") -> dict:
+    """`{prefix}edge_accuracy` of the inferred and `{prefix}proposal_accuracy` of the proposal
+    network's structures (labels only score); empty without labels (an unlabeled dataset)."""
+    if labels is None:
+        return {}
+    return {f"{prefix}edge_accuracy": edge_accuracy(inference.structures.cpu().numpy(), labels, num_modules),
+            f"{prefix}proposal_accuracy": edge_accuracy(inference.proposal_structures.cpu().numpy(), labels, num_modules)}
+
+
 def horizon_mse(pred: torch.Tensor, target: torch.Tensor, horizons=(1, 10, 20)) -> dict[str, float]:
     """MSE at each horizon h (1-based), over tasks, nodes and dims (NRI's mse[h-1]).
 

@@ -28,7 +28,7 @@ from .distributed import make_backend
 from .errors import NriRayError
 from .infer import infer_for_run, module_share, prediction_mse, prediction_start, structure_health
 from .io import atomic_write_text
-from .metrics import edge_accuracy, matched_accuracy
+from .metrics import inference_accuracies, matched_accuracy
 from .shard import resolve_device
 from .weights import Models, build_models
 
@@ -101,9 +101,7 @@ class Evaluator:
         start = prediction_start(self.trajectories.shape[1], sa_frames)  # the window's last frames
         mse = prediction_mse(lib, self.trajectories, inf.structures, start)
         health = structure_health(lib, self.trajectories[:, :sa_frames], inf.losses, cfg.model.rollout)
-        scored = {} if self.labels is None else {  # labels only score; an unlabeled dataset has none
-            "valid_edge_accuracy": edge_accuracy(inf.structures.cpu().numpy(), self.labels, k),
-            "valid_proposal_accuracy": edge_accuracy(inf.proposal_structures.cpu().numpy(), self.labels, k)}
+        scored = inference_accuracies(inf, self.labels, k, prefix="valid_")  # none on an unlabeled dataset
         return {**scored, "valid_loss": float(inf.losses.mean()),
                 "valid_mse": {h: v for h, v in mse.items()}, **health,
                 "valid_module_share": module_share(inf.structures, k)}

@@ -183,20 +183,14 @@ def _check_out(out: Path, suffix: str, overwrite: bool) -> Path:
 def _run_inputs(run_dir, device: str, *, data_dir=None, split: str = "test", trajectories=None, tasks: int = 0):
     """(models, cfg, meta, normalization, raw trajectories `[tasks, time, nodes, dims]`, task ids, labels or None)
     of a run and its input: a dataset split or a `.npy` array, checked against the run."""
-    from .data import Dataset
-    from .evaluate import check_data_matches_run
+    from .evaluate import read_for_run
     from .train import load_run
 
     if (data_dir is None) == (trajectories is None):
         raise NriRayError("give exactly one of --data DIR and --trajectories FILE.npy")
     models, cfg, meta, norm = load_run(run_dir, device)
     if data_dir is not None:
-        data = Dataset(data_dir)
-        check_data_matches_run(data, data_dir, meta, run_dir)
-        count = data.num_tasks(split) if not tasks else min(tasks, data.num_tasks(split))
-        if count == 0:
-            raise NriRayError(f"--split {split}: {data_dir} has no {split} tasks (imported without --{split}?)")
-        part = data.read(split, 0, count, normalize=False)
+        _, part = read_for_run(data_dir, split, tasks, meta, run_dir)
         return models, cfg, meta, norm, part.trajectories, np.asarray(part.task_ids), part.labels
     raw = check_trajectories(load_array(trajectories, "--trajectories"), "--trajectories", trajectories,
                              nodes=meta["n_balls"], dims=meta["dims"])
