@@ -236,6 +236,9 @@ class ModelConfig(Section):
     node_hidden: tuple[int, ...] = param((256, 256, 256), "node MLP hidden widths (input message+dims, output dims)",
                                          check=_widths)
     rollout: int = param(10, "rollout steps from each ground-truth anchor frame", check=at_least(1))
+    edge_inputs: str = param("absolute", "what an edge module sees: absolute ([x_s; x_r], the paper) or relative "
+                                         "([x_s - x_r; x_r; distance between the positions])",
+                             choices=("absolute", "relative"))
     init_spread: float = param(0.05, "edge module k's output layer starts scaled by init_spread ** k "
                                     "(1 = plain init; < 1 breaks the symmetry between modules)", check=positive)
 

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 
 from .gnn import Layout, active_anchors, anchored_targets, make_layout
-from .modules import ModuleLibrary
+from .modules import DISTANCE_EPS, ModuleLibrary, position_dims, relative_backward
 
 
 def spread_plan(layout: Layout, n_nodes: int, dims: int) -> torch.Tensor:
@@ -97,6 +97,8 @@ class Tape:
         self.anchors, self.live = active_anchors(frames, rollout)
         self.edges = n_nodes * (n_nodes - 1)
         self.dims = lib.dims
+        self.relative = lib.edge_inputs == "relative"
+        self.edge_in_width = lib.edges.weights[0].shape[1]  # 2 * dims, or 2 * dims + 1 (relative)
         self.edge_widths = [w.shape[-1] for w in lib.edges.weights]
         self.node_widths = [w.shape[-1] for w in lib.node.weights]
         self.edge_relu = [True] * (len(self.edge_widths) - 1) + [lib.edges.final == "relu"]
@@ -107,7 +109,7 @@ class Tape:
 
     def bytes_per_row(self) -> int:
         """Tape bytes one recorded structure row takes (all anchors and steps)."""
-        per_step = self.edges * (2 * self.dims + sum(self.edge_widths)) + self.n * (
+        per_step = self.edges * (self.edge_in_width + sum(self.edge_widths)) + self.n * (
             self.edge_widths[-1] + self.dims + sum(self.node_widths))
         return len(self.anchors) * self.rollout * per_step * torch.finfo(self.ws.dtype).bits // 8
 
@@ -121,7 +123,7 @@ class Tape:
         self.keep = keep
         r = self.rollout if keep else 1
         self.edge_cap, self.node_cap = rows * A * self.edges, rows * A * n
-        self.edge_in = self.ws.get("edge_in", r, self.edge_cap, 2 * d)
+        self.edge_in = self.ws.get("edge_in", r, self.edge_cap, self.edge_in_width)
         self.edge_out = [self.ws.get(f"edge_{l}", r, self.edge_cap, w) for l, w in enumerate(self.edge_widths)]
         self.node_in = self.ws.get("node_in", r, self.node_cap, self.edge_widths[-1] + d)
         self.node_out = [self.ws.get(f"node_{l}", r, self.node_cap, w) for l, w in enumerate(self.node_widths)]
@@ -163,8 +165,11 @@ class Tape:
                 break  # no anchor has a target this far (fewer frames than one rollout)
             rows_n = graphs * n
             slot = t if self.keep else 0
-            edge_in = self.edge_in[slot, e0:e0 + R]  # [R, 2d]
-            torch.index_select(x.view(-1), 0, layout.pair, out=edge_in.view(-1))  # [x_send; x_recv] per edge
+            edge_in = self.edge_in[slot, e0:e0 + R]  # [R, edge input]
+            if self.relative:
+                self._relative_inputs(x, layout.pair, edge_in)
+            else:
+                torch.index_select(x.view(-1), 0, layout.pair, out=edge_in.view(-1))  # [x_send; x_recv] per edge
             outs = [o[slot, e0:e0 + R] for o in self.edge_out]  # per layer [R, width]
             for k, (start, live) in enumerate(layout.blocks):  # the K modules
                 stop = start + live[t]
@@ -195,6 +200,17 @@ class Tape:
             err = x[:rows_n].view(graphs, n * d) - targets[t, : graphs // S].reshape(graphs, n * d)
             graph_loss[:graphs] += err.square().mean(dim=1)
         return graph_loss.view(len(self.anchors), S).sum(dim=0) / self.valid
+
+    def _relative_inputs(self, x: torch.Tensor, pair: torch.Tensor, edge_in: torch.Tensor) -> None:
+        """[x_s - x_r; x_r; |p_s - p_r|] of every edge into `edge_in` `[R, 2d + 1]` (modules.relative_features)."""
+        d = self.dims
+        pairs = self.ws.get("pairs", edge_in.shape[0], 2 * d)  # [R, 2d]: [x_send; x_recv]
+        torch.index_select(x.view(-1), 0, pair, out=pairs.view(-1))
+        torch.sub(pairs[:, :d], pairs[:, d:], out=edge_in[:, :d])
+        edge_in[:, d:2 * d] = pairs[:, d:]
+        p = position_dims(d)
+        torch.sum(edge_in[:, :p].square(), dim=1, keepdim=True, out=edge_in[:, 2 * d:])
+        edge_in[:, 2 * d:].add_(DISTANCE_EPS).sqrt_()
 
     def _sources(self, structures: torch.Tensor, source_eval: torch.Tensor, source_row: torch.Tensor,
                  layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -246,11 +262,12 @@ class Tape:
         R, N = len(self.anchors) * c * E, len(self.anchors) * c * n
         ws, m = self.ws, self.edge_widths[-1]
         # Gathered activations of the kept rows, one step at a time (scratch reused every step).
-        edge_in = ws.get("b_edge_in", R, 2 * d)
+        edge_in = ws.get("b_edge_in", R, self.edge_in_width)
         edge_out = [ws.get(f"b_edge_{l}", R, w) for l, w in enumerate(self.edge_widths)]
         node_in = ws.get("b_node_in", N, m + d)
         node_out = [ws.get(f"b_node_{l}", N, w) for l, w in enumerate(self.node_widths)]
-        d_edge = [ws.get(f"d_edge_{l}", R, w) for l, w in enumerate([2 * d] + self.edge_widths)]
+        d_edge = [ws.get(f"d_edge_{l}", R, w) for l, w in enumerate([self.edge_in_width] + self.edge_widths)]
+        d_pairs = ws.get("d_pairs", R, 2 * d) if self.relative else d_edge[0]  # d loss / d [x_send; x_recv]
         d_node = [ws.get(f"d_node_{l}", N, w) for l, w in enumerate([m + d] + self.node_widths)]
         dx = torch.zeros(N, d, dtype=trajectories.dtype, device=structures.device)  # d loss / d state after the current step
         scale = 2.0 / (n * d * self.valid)
@@ -304,8 +321,10 @@ class Tape:
                     grad = grad_in
             if t == 0:
                 break  # the first step's input is data
+            if self.relative:
+                relative_backward(d_edge[0], edge_in, d, out=d_pairs)
             # Edge inputs [x_send; x_recv] back to nodes: sum over each node's n-1 outgoing, then incoming, edges.
-            halves = d_edge[0].view(-1)[spread[: rows_n * 2 * (n - 1) * d]]  # [rows_n * 2 (n-1) * d]
+            halves = d_pairs.view(-1)[spread[: rows_n * 2 * (n - 1) * d]]  # [rows_n * 2 (n-1) * d]
             dx[:rows_n] += halves.view(rows_n, 2 * (n - 1), d).sum(dim=1)
 
 

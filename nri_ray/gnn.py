@@ -129,7 +129,7 @@ def make_layout(structures: torch.Tensor, n_nodes: int, dims: int, num_modules: 
 def message_step(lib: ModuleLibrary, x: torch.Tensor, layout: Layout, n_nodes: int) -> torch.Tensor:
     """One message-passing step of every graph and edge of `layout`: x `[graphs * nodes, dims]` -> next state."""
     dims = x.shape[1]
-    edge_in = x.reshape(-1)[layout.pair].view(-1, 2 * dims)  # [graphs * edges, 2 * dims], grouped by module
+    edge_in = lib.edge_features(x.reshape(-1)[layout.pair].view(-1, 2 * dims))  # [graphs * edges, in], grouped
     messages = torch.cat([lib.edges(k, edge_in[start:start + live[0]])  # loop over the K modules only
                           for k, (start, live) in enumerate(layout.blocks) if live[0]])  # [graphs * edges, message]
     # Receiver-major: [graphs * nodes, n - 1, message], then sum the n - 1 incoming messages.
@@ -201,7 +201,7 @@ def soft_rollout(lib: ModuleLibrary, start: torch.Tensor, weights: torch.Tensor,
     x = start  # [graphs, nodes, dims]
     out = []
     for _ in range(steps):  # the time loop
-        edge_in = torch.cat([x[:, senders], x[:, receivers]], dim=-1).reshape(-1, 2 * dims)  # [graphs*edges, 2d]
+        edge_in = lib.edge_features(torch.cat([x[:, senders], x[:, receivers]], dim=-1).reshape(-1, 2 * dims))
         messages = sum(weights[..., k].reshape(-1, 1) * lib.edges(k, edge_in)
                        for k in range(lib.num_edge_modules))  # [graphs * edges, message]
         messages = messages.view(graphs, -1, messages.shape[-1])  # [graphs, edges, message]

@@ -68,11 +68,51 @@ class EdgeModules(nn.Module):
         return x
 
 
+EDGE_INPUTS = ("absolute", "relative")
+DISTANCE_EPS = 1e-6  # distance = sqrt(|p_s - p_r|^2 + eps): smooth, with a finite gradient at 0
+
+
+def position_dims(dims: int) -> int:
+    """State dims that are positions: the first half when dims is even (positions then velocities, the
+    NRI layout and data import's pos-vel normalization), else all of them."""
+    return dims // 2 if dims % 2 == 0 else dims
+
+
+def edge_input_size(kind: str, dims: int) -> int:
+    """Width of an edge module's input: [x_s; x_r] (absolute) or [x_s - x_r; x_r; distance] (relative)."""
+    return 2 * dims if kind == "absolute" else 2 * dims + 1
+
+
+def relative_features(pairs: torch.Tensor, dims: int) -> torch.Tensor:
+    """Relative edge inputs from absolute ones: `[rows, 2 * dims]` [x_s; x_r] -> `[rows, 2 * dims + 1]`
+    [x_s - x_r; x_r; |p_s - p_r|] (p: the position dims). Autograd-friendly; engine.py has the backward."""
+    send, recv = pairs[:, :dims], pairs[:, dims:]
+    rel = send - recv  # [rows, dims]
+    p = position_dims(dims)
+    dist = (rel[:, :p].square().sum(dim=1, keepdim=True) + DISTANCE_EPS).sqrt()  # [rows, 1]
+    return torch.cat([rel, recv, dist], dim=1)
+
+
+def relative_backward(grad: torch.Tensor, features: torch.Tensor, dims: int, out: torch.Tensor) -> torch.Tensor:
+    """d loss / d [x_s; x_r] `[rows, 2 * dims]` into `out`, from the gradient `[rows, 2 * dims + 1]` with
+    respect to `relative_features`' output `features` (which holds x_s - x_r and the distance)."""
+    p = position_dims(dims)
+    g_rel, g_recv, g_dist = grad[:, :dims], grad[:, dims:2 * dims], grad[:, 2 * dims:]
+    d_send, d_recv = out[:, :dims], out[:, dims:]
+    d_send.copy_(g_rel)
+    # d dist / d p_s = (p_s - p_r) / dist
+    d_send[:, :p].addcmul_(features[:, :p], g_dist / features[:, 2 * dims:])
+    torch.sub(g_recv, d_send, out=d_recv)  # x_r enters as itself and as -(x_s - x_r), -dist's gradient
+    return out
+
+
 class ModuleLibrary(nn.Module):
     """One node module and K edge modules for particles with `dims` state dimensions.
 
     Update rule of one message-passing step (one predicted frame), for edge (s -> r) with module
     sigma_{sr}:  m_{sr} = h_{sigma_{sr}}([x_s; x_r]),  x_r <- x_r + g([sum_s m_{sr}; x_r]).
+    With `edge_inputs="relative"` the edge module sees [x_s - x_r; x_r; |p_s - p_r|] instead (the same
+    information plus the distance, which a pairwise force such as Coulomb's is a function of).
 
     Args:
         num_edge_modules: K >= 2.
@@ -80,15 +120,20 @@ class ModuleLibrary(nn.Module):
         edge_hidden: widths of the edge MLP after its input (published: 256, 256, 256).
         node_hidden: hidden widths of the node MLP (published: 256, 256, 256).
         seed: initialization seed.
+        edge_inputs: "absolute" ([x_s; x_r], the paper) or "relative".
     """
 
     def __init__(self, num_edge_modules: int, dims: int, edge_hidden: list[int], node_hidden: list[int],
-                 seed: int, edge_final: str = "relu", init_spread: float = 1.0):
+                 seed: int, edge_final: str = "relu", init_spread: float = 1.0, edge_inputs: str = "absolute"):
         super().__init__()
+        if edge_inputs not in EDGE_INPUTS:
+            raise ValueError(f"edge_inputs: got {edge_inputs!r}, expected one of {', '.join(EDGE_INPUTS)}")
         g = torch.Generator().manual_seed(seed)
         self.dims = dims
+        self.edge_inputs = edge_inputs
         self.message_size = edge_hidden[-1]
-        self.edges = EdgeModules(num_edge_modules, [2 * dims] + list(edge_hidden), edge_final, g)
+        self.edges = EdgeModules(num_edge_modules, [edge_input_size(edge_inputs, dims)] + list(edge_hidden),
+                                 edge_final, g)
         self.node = MLP([self.message_size + dims] + list(node_hidden) + [dims], "none", g)
         with torch.no_grad():
             # Module k's output layer starts scaled by init_spread ** k: modules that start apart
@@ -97,6 +142,10 @@ class ModuleLibrary(nn.Module):
             scale = init_spread ** torch.arange(num_edge_modules, dtype=torch.float32)
             self.edges.weights[-1].mul_(scale.view(-1, 1, 1))
             self.edges.biases[-1].mul_(scale.view(-1, 1))
+
+    def edge_features(self, pairs: torch.Tensor) -> torch.Tensor:
+        """Edge module input from `[rows, 2 * dims]` [x_s; x_r] (the identity for absolute inputs)."""
+        return pairs if self.edge_inputs == "absolute" else relative_features(pairs, self.dims)
 
     @property
     def num_edge_modules(self) -> int:

@@ -167,7 +167,7 @@ def propose_block_optimum(lib, window: torch.Tensor, current: torch.Tensor, fram
     steps = torch.arange(0, frames - 1, frame_stride, device=device)
     x, y = window[:, steps], window[:, steps + 1]  # [tasks, F, nodes, dims] states and next states
     f = steps.numel()
-    edge_in = torch.cat([x[:, :, senders], x[:, :, receivers]], dim=-1).reshape(-1, 2 * dims)  # [tasks*F*edges, 2d]
+    edge_in = lib.edge_features(torch.cat([x[:, :, senders], x[:, :, receivers]], dim=-1).reshape(-1, 2 * dims))
     w1, b1 = lib.node.weights[0], lib.node.biases[0]  # [message + dims, hidden], [hidden]
     message_size = lib.message_size
     # Each edge's message through the node module's first layer, per module: [modules, tasks, F, edges, hidden].

@@ -30,12 +30,16 @@ def test_live_anchors_stop_at_the_last_frame():
     assert active_anchors(9, 10) == ((0,), (1,) * 8 + (0, 0))
 
 
-@pytest.mark.parametrize("modules,frames,rollout,edge_final,nodes,dims", [
-    (2, 49, 10, "relu", 5, 4), (3, 21, 10, "relu", 4, 4), (4, 9, 10, "none", 5, 4), (2, 13, 3, "relu", 3, 4),
-    (2, 13, 4, "relu", 5, 6), (3, 11, 3, "relu", 4, 1)])  # 3-D particles (6 state dims); one state dim
-def test_recorded_losses_and_kept_rows_gradient_equal_autograd(modules, frames, rollout, edge_final, nodes, dims):
+@pytest.mark.parametrize("modules,frames,rollout,edge_final,nodes,dims,edge_inputs", [
+    (2, 49, 10, "relu", 5, 4, "absolute"), (3, 21, 10, "relu", 4, 4, "absolute"), (4, 9, 10, "none", 5, 4, "absolute"),
+    (2, 13, 3, "relu", 3, 4, "absolute"), (2, 13, 4, "relu", 5, 6, "absolute"), (3, 11, 3, "relu", 4, 1, "absolute"),
+    (2, 49, 10, "relu", 5, 4, "relative"), (3, 13, 4, "none", 4, 6, "relative"), (2, 11, 3, "relu", 4, 1, "relative"),
+    (2, 11, 3, "relu", 4, 3, "relative")])  # 3-D particles (6 state dims); one and three (odd: all positions) dims
+def test_recorded_losses_and_kept_rows_gradient_equal_autograd(modules, frames, rollout, edge_final, nodes, dims,
+                                                               edge_inputs):
     g = torch.Generator().manual_seed(modules * 100 + frames)
-    lib = ModuleLibrary(modules, dims, [24, 24, 16], [24, 24], seed=1, edge_final=edge_final, init_spread=0.5).double()
+    lib = ModuleLibrary(modules, dims, [24, 24, 16], [24, 24], seed=1, edge_final=edge_final, init_spread=0.5,
+                        edge_inputs=edge_inputs).double()
     tasks, edges = 5, nodes * (nodes - 1)
     traj = torch.randn(tasks, frames, nodes, dims, generator=g, dtype=torch.float64)
     current, first, second = (torch.randint(0, modules, (tasks, edges), generator=g) for _ in range(3))
@@ -88,11 +92,14 @@ def small(**train):
         "train": {"meta_batch_size": 10, "sa_steps": 2, "warmup_rounds": 0, **train}}))
 
 
-@pytest.mark.parametrize("grad_split, block_search", [("same", False), ("heldout", False), ("same", True)])
-def test_shard_round_gradient_equals_autograd_on_the_kept_structures(tiny_dataset, grad_split, block_search):
+@pytest.mark.parametrize("grad_split, block_search, edge_inputs", [
+    ("same", False, "absolute"), ("heldout", False, "absolute"), ("same", True, "absolute"), ("same", True, "relative")])
+def test_shard_round_gradient_equals_autograd_on_the_kept_structures(tiny_dataset, grad_split, block_search,
+                                                                    edge_inputs):
     """The whole round (2 SA steps, chunks of 3 tasks) against autograd on the structures it kept."""
     cfg = small(chunk_tasks=3, grad_split=grad_split, heldout_frames=4)
-    cfg = C.Config.from_dict(C.merge(cfg.to_dict(), {"proposal": {"block_search": block_search}}))
+    cfg = C.Config.from_dict(C.merge(cfg.to_dict(), {"proposal": {"block_search": block_search},
+                                                     "model": {"edge_inputs": edge_inputs}}))
     shard = ShardWorker(0, tiny_dataset, 0, 24, cfg, "cpu")
     server = ParameterServer(cfg, 4, shard.trajectories.shape[1] - (4 if grad_split == "heldout" else 0))
     ids = sample_batch(0, 0, 24, 10)
