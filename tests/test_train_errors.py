@@ -1,11 +1,16 @@
 """Training and evaluation refuse bad input clearly, exit 2 and overwrite nothing."""
+import json
 import shutil
 
 import pytest
+import torch
+
+from nri_ray import checkpoint
 
 from nri_ray import config as C
 from nri_ray.cli import main
 from nri_ray.errors import ConfigError
+from nri_ray.train import load_run
 
 FLAGS = ["--edge-hidden", "16,16", "--node-hidden", "16", "--proposal-hidden", "16", "--rollout", "4",
          "--meta-batch-size", "8", "--eval-every", "2", "--eval-tasks", "4", "--eval-sa-steps", "1",
@@ -54,6 +59,23 @@ def test_resume_with_a_different_config_is_refused(trained, capsys):
     code, out = run_cli(["train", "--resume", trained, "--rounds", 4, "--lr", 0.5, *FLAGS], capsys)
     assert code == 2 and "config differs from the run's: train.lr: checkpoint 0.01, now 0.5" in out.err
     assert (trained / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_with_other_edge_inputs_is_refused_and_a_run_saved_before_them_loads_as_absolute(
+        trained, tmp_path, capsys, tiny_dataset):
+    before = (trained / "checkpoint.pt").read_bytes()
+    code, out = run_cli(["train", "--resume", trained, "--rounds", 4, "--edge-inputs", "relative", *FLAGS], capsys)
+    assert code == 2 and "model.edge_inputs: checkpoint 'absolute', now 'relative'" in out.err
+    assert (trained / "checkpoint.pt").read_bytes() == before
+    # A checkpoint written before edge inputs were configurable has no model.edge_inputs: absolute.
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    state = torch.load(old / "checkpoint.pt", weights_only=True)
+    del state["config"]["model"]["edge_inputs"]
+    checkpoint.save(old, state)
+    code, out = run_cli(["evaluate", old, "--data", tiny_dataset, "--sa-steps", 1, "--json"], capsys)
+    assert code == 0 and json.loads(out.out)["tasks"] > 0
+    assert load_run(old)[1].model.edge_inputs == "absolute"
 
 
 def test_missing_and_corrupt_checkpoint(trained, tmp_path, capsys, tiny_dataset):
