@@ -317,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", help="dataset directory (on --resume: defaults to the run's)")
     train.add_argument("--out", help="run directory to create")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    train.add_argument("--preset", default="small", choices=("small", "paper"),
-                       help="small: CPU-sized; paper: the published architecture and hyper-parameters")
+    train.add_argument("--preset", default="small", choices=tuple(C.PRESETS),
+                       help="; ".join(f"{k}: {v}" for k, v in C.PRESETS.items()))
     train.add_argument("--config", help="YAML or JSON with sections model/proposal/anneal/train (flags override)")
     train.add_argument("--quiet", action="store_true", help="no progress bar or per-evaluation lines")
     F.add_config_flags(train)
@@ -384,9 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for p, default in ((tab, ",".join(METHODS)), (eff, "modular,nri-vae")):
         p.add_argument("--methods", default=default, help=f"comma-separated, of {', '.join(METHODS)}")
-        p.add_argument("--budget", default="small", choices=("small", "paper"),
-                       help="small: the small preset's steps, batch and widths for every method but the NRI VAE "
-                            "(its own schedule and widths: --nri-*); paper: published")
+        p.add_argument("--budget", default="small", choices=tuple(C.PRESETS),
+                       help="the preset whose steps, batch and widths every method but the NRI VAE takes (its own "
+                            "schedule and widths: --nri-*): " + "; ".join(f"{k}: {v}" for k, v in C.PRESETS.items()))
         p.add_argument("--config", help="YAML or JSON overriding the budget's config (flags override it)")
         p.add_argument("--test-sa-steps", type=int, default=100, help="SA steps per test task (modular)")
         p.add_argument("--tasks", type=int, default=0, help="score the first N test tasks (0 = all)")

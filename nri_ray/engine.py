@@ -32,7 +32,8 @@ from typing import NamedTuple
 import torch
 
 from .gnn import Layout, active_anchors, anchored_targets, make_layout
-from .modules import DISTANCE_EPS, ModuleLibrary, position_dims, relative_backward
+from .modules import (DISTANCE_EPS, ModuleLibrary, position_dims, prediction_loss, prediction_loss_grad,
+                      relative_backward)
 
 
 def spread_plan(layout: Layout, n_nodes: int, dims: int) -> torch.Tensor:
@@ -198,7 +199,7 @@ class Tape:
                     h.relu_()
             x[:rows_n] += h  # residual update: the prediction of this step
             err = x[:rows_n].view(graphs, n * d) - targets[t, : graphs // S].reshape(graphs, n * d)
-            graph_loss[:graphs] += err.square().mean(dim=1)
+            graph_loss[:graphs] += prediction_loss(err, self.lib.loss_delta).mean(dim=1)
         return graph_loss.view(len(self.anchors), S).sum(dim=0) / self.valid
 
     def _relative_inputs(self, x: torch.Tensor, pair: torch.Tensor, edge_in: torch.Tensor) -> None:
@@ -283,7 +284,7 @@ class Tape:
             # The prediction of step t: x_t + node output; its loss gradient joins the later steps'.
             pred = node_in[:rows_n, m:] + node_out[-1][:rows_n]
             err = pred.view(graphs, n * d) - targets[t, : graphs // c].reshape(graphs, n * d)
-            dx[:rows_n].add_(err.view(rows_n, d), alpha=scale)
+            dx[:rows_n].add_(prediction_loss_grad(err, self.lib.loss_delta).view(rows_n, d), alpha=scale)
             # Node MLP backward, last layer first; layer l's input is node_in (l = 0) or node_out[l-1].
             grad = d_node[-1][:rows_n]
             grad.copy_(dx[:rows_n])

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from .graph import edge_index
-from .modules import ModuleLibrary
+from .modules import ModuleLibrary, prediction_loss
 
 
 @functools.lru_cache(maxsize=None)
@@ -178,7 +178,7 @@ def anchored_losses(lib: ModuleLibrary, trajectories: torch.Tensor, structures: 
     # [tasks, anchors, n, d] -> [tasks * anchors, n, d]: one graph per (task, anchor)
     pred = rollout(lib, start.reshape(tasks * n_anchor, n_nodes, dims), graph_structures, rollout_steps)
     pred = pred.view(tasks, n_anchor, rollout_steps, n_nodes, dims)  # back to per task and anchor
-    sq = ((pred - target) ** 2).mean(dim=(-1, -2))  # [tasks, anchors, steps]
+    sq = prediction_loss(pred - target, lib.loss_delta).mean(dim=(-1, -2))  # [tasks, anchors, steps]
     return (sq * valid).sum(dim=(1, 2)) / valid.sum()
 
 

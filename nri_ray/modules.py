@@ -106,6 +106,21 @@ def relative_backward(grad: torch.Tensor, features: torch.Tensor, dims: int, out
     return out
 
 
+def prediction_loss(err: torch.Tensor, delta: float) -> torch.Tensor:
+    """Per-value loss of prediction errors: err^2 (delta = 0), or the Huber loss scaled to match it below
+    delta, err^2 for |err| <= delta and 2 delta |err| - delta^2 above (linear, so that a few large errors,
+    such as close encounters of charges, do not dominate the gradient and the SA comparison)."""
+    if not delta:
+        return err.square()
+    a = err.abs()
+    return torch.where(a <= delta, err.square(), a.mul(2 * delta).sub_(delta * delta))
+
+
+def prediction_loss_grad(err: torch.Tensor, delta: float) -> torch.Tensor:
+    """d prediction_loss / d err, halved (err, or err clipped to [-delta, delta]); a new tensor or err itself."""
+    return err.clamp(-delta, delta) if delta else err
+
+
 class ModuleLibrary(nn.Module):
     """One node module and K edge modules for particles with `dims` state dimensions.
 
@@ -121,16 +136,20 @@ class ModuleLibrary(nn.Module):
         node_hidden: hidden widths of the node MLP (published: 256, 256, 256).
         seed: initialization seed.
         edge_inputs: "absolute" ([x_s; x_r], the paper) or "relative".
+        loss_delta: 0 (squared error, the paper) or the Huber threshold of `prediction_loss`: the loss
+            training and SA score rollouts by (a setting, not a parameter: checkpoints do not hold it).
     """
 
     def __init__(self, num_edge_modules: int, dims: int, edge_hidden: list[int], node_hidden: list[int],
-                 seed: int, edge_final: str = "relu", init_spread: float = 1.0, edge_inputs: str = "absolute"):
+                 seed: int, edge_final: str = "relu", init_spread: float = 1.0, edge_inputs: str = "absolute",
+                 loss_delta: float = 0.0):
         super().__init__()
         if edge_inputs not in EDGE_INPUTS:
             raise ValueError(f"edge_inputs: got {edge_inputs!r}, expected one of {', '.join(EDGE_INPUTS)}")
         g = torch.Generator().manual_seed(seed)
         self.dims = dims
         self.edge_inputs = edge_inputs
+        self.loss_delta = float(loss_delta)  # the prediction loss every rollout is scored by (prediction_loss)
         self.message_size = edge_hidden[-1]
         self.edges = EdgeModules(num_edge_modules, [edge_input_size(edge_inputs, dims)] + list(edge_hidden),
                                  edge_final, g)

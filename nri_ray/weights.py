@@ -86,7 +86,7 @@ def build_models(cfg: Config, dims: int, in_frames: int, norm: str = "layer") ->
     """Module library and proposal network (its blocks normalized by `norm`), initialized from the run's seed."""
     lib = ModuleLibrary(cfg.model.edge_modules, dims, cfg.model.edge_widths, cfg.model.node_widths,
                         seed=cfg.train.seed, init_spread=cfg.model.init_spread,
-                        edge_inputs=cfg.model.edge_inputs)
+                        edge_inputs=cfg.model.edge_inputs, loss_delta=cfg.model.loss_delta)
     proposer = ProposalNet(in_frames, dims, cfg.proposal.proposal_hidden, cfg.model.edge_modules,
                            seed=cfg.train.seed + 1, norm=norm)
     return Models(lib, proposer)

@@ -109,3 +109,12 @@ def test_one_merge_preset_then_defaults_then_file_then_flags(tmp_path):
     assert resumed.train.rounds == 3 and resumed.model.edge_hidden == (256, 256, 256)
     with pytest.raises(SystemExit):
         parser.parse_args(["--edge-hidden", "8,x"])
+
+
+def test_every_preset_is_a_valid_config_and_charged_is_small_with_relative_edge_inputs():
+    configs = {name: C.Config.from_dict(C.preset(name)) for name in C.PRESETS}
+    small, charged = configs["small"], configs["charged"]
+    assert charged.model.edge_inputs == "relative" and small.model.edge_inputs == "absolute"
+    assert charged.proposal == small.proposal and charged.anneal == small.anneal  # the small search recipe
+    with pytest.raises(ConfigError, match="--preset: got 'huge', expected one of small, charged, paper"):
+        C.preset("huge")

@@ -30,16 +30,19 @@ def test_live_anchors_stop_at_the_last_frame():
     assert active_anchors(9, 10) == ((0,), (1,) * 8 + (0, 0))
 
 
-@pytest.mark.parametrize("modules,frames,rollout,edge_final,nodes,dims,edge_inputs", [
-    (2, 49, 10, "relu", 5, 4, "absolute"), (3, 21, 10, "relu", 4, 4, "absolute"), (4, 9, 10, "none", 5, 4, "absolute"),
-    (2, 13, 3, "relu", 3, 4, "absolute"), (2, 13, 4, "relu", 5, 6, "absolute"), (3, 11, 3, "relu", 4, 1, "absolute"),
-    (2, 49, 10, "relu", 5, 4, "relative"), (3, 13, 4, "none", 4, 6, "relative"), (2, 11, 3, "relu", 4, 1, "relative"),
-    (2, 11, 3, "relu", 4, 3, "relative")])  # 3-D particles (6 state dims); one and three (odd: all positions) dims
+@pytest.mark.parametrize("modules,frames,rollout,edge_final,nodes,dims,edge_inputs,loss_delta", [
+    (2, 49, 10, "relu", 5, 4, "absolute", 0), (3, 21, 10, "relu", 4, 4, "absolute", 0),
+    (4, 9, 10, "none", 5, 4, "absolute", 0), (2, 13, 3, "relu", 3, 4, "absolute", 0),
+    (2, 13, 4, "relu", 5, 6, "absolute", 0), (3, 11, 3, "relu", 4, 1, "absolute", 0),
+    (2, 49, 10, "relu", 5, 4, "relative", 0), (3, 13, 4, "none", 4, 6, "relative", 0),
+    (2, 11, 3, "relu", 4, 1, "relative", 0), (2, 11, 3, "relu", 4, 3, "relative", 0),
+    (2, 21, 10, "relu", 5, 4, "absolute", 0.5), (3, 13, 4, "relu", 4, 4, "relative", 0.5)])
+# 3-D particles (6 state dims); one and three (odd: all positions) dims; the Huber loss (errors here ~1)
 def test_recorded_losses_and_kept_rows_gradient_equal_autograd(modules, frames, rollout, edge_final, nodes, dims,
-                                                               edge_inputs):
+                                                               edge_inputs, loss_delta):
     g = torch.Generator().manual_seed(modules * 100 + frames)
     lib = ModuleLibrary(modules, dims, [24, 24, 16], [24, 24], seed=1, edge_final=edge_final, init_spread=0.5,
-                        edge_inputs=edge_inputs).double()
+                        edge_inputs=edge_inputs, loss_delta=loss_delta).double()
     tasks, edges = 5, nodes * (nodes - 1)
     traj = torch.randn(tasks, frames, nodes, dims, generator=g, dtype=torch.float64)
     current, first, second = (torch.randint(0, modules, (tasks, edges), generator=g) for _ in range(3))
@@ -51,6 +54,10 @@ def test_recorded_losses_and_kept_rows_gradient_equal_autograd(modules, frames, 
     torch.testing.assert_close(both, anchored_losses(lib, torch.cat([traj, traj]), torch.cat([current, first]), rollout),
                                rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(later, anchored_losses(lib, traj, second, rollout), rtol=1e-12, atol=1e-14)
+    if loss_delta:  # the Huber loss is in use: below the squared error wherever errors exceed delta
+        squared = ModuleLibrary(modules, dims, [24, 24, 16], [24, 24], seed=1, edge_final=edge_final, init_spread=0.5,
+                                edge_inputs=edge_inputs).double()
+        assert (later < 0.9 * anchored_losses(squared, traj, second, rollout)).all()
     # Keep a mix: task 0 current, 1 first proposal, 2 second proposal, 3 first, 4 current.
     source_eval = torch.tensor([0, 0, 1, 0, 1])
     source_row = torch.tensor([0, tasks + 1, 2, tasks + 3, 4])

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from nri_ray import flags as F
+from nri_ray.config import PRESETS
 
 
 def register(sub) -> None:
@@ -45,7 +46,7 @@ def _add_trial_flags(p: argparse.ArgumentParser, *, shards: int, driver_cpus: fl
 
 def _add_base_config_flags(p: argparse.ArgumentParser, what: str) -> None:
     """The config every trial starts from: a preset, then a file, then the training flags."""
-    p.add_argument("--preset", default="small", choices=("small", "paper"), help=f"base config of every {what}")
+    p.add_argument("--preset", default="small", choices=tuple(PRESETS), help=f"base config of every {what}")
     p.add_argument("--config", help="YAML or JSON base config (flags override it)")
     F.add_config_flags(p)
 
