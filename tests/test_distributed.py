@@ -48,12 +48,13 @@ def test_ray_backend_equals_local_backend(ray_session, tmp_path, tiny_dataset, s
     assert_same_run(final_state(tmp_path / "local"), final_state(tmp_path / "ray"), exact_weights=True)
 
 
-def test_ray_backend_equals_local_backend_on_unlabeled_3d_data(ray_session, tmp_path, unlabeled_3d):
+@pytest.mark.parametrize("model", [{}, {"edge_inputs": "relative", "loss_delta": 0.02}])  # the charged preset's
+def test_ray_backend_equals_local_backend_on_unlabeled_3d_data(ray_session, tmp_path, unlabeled_3d, model):
     # Any state dims and no labels through the actors: 6 state dims, no confusion matrices.
     train = {"num_shards": 2, "threads": 1}
-    local = C.Config.from_dict(C.merge(TINY, {"train": train}))
+    local = C.Config.from_dict(C.merge(TINY, {"train": train, "model": model}))
     run(local, unlabeled_3d, tmp_path / "local", progress=False)
-    remote = C.Config.from_dict(C.merge(TINY, {"train": train, "cluster": {"backend": "ray"}}))
+    remote = C.Config.from_dict(C.merge(TINY, {"train": train, "model": model, "cluster": {"backend": "ray"}}))
     run(remote, unlabeled_3d, tmp_path / "ray", progress=False)
     assert_same_run(final_state(tmp_path / "local"), final_state(tmp_path / "ray"), exact_weights=True)
 

@@ -83,12 +83,17 @@ def test_one_and_three_shards_give_the_same_run(tmp_path, tiny_dataset):
     assert a.summary["valid_edge_accuracy"] == pytest.approx(b.summary["valid_edge_accuracy"])
 
 
-@pytest.mark.parametrize("dataset", ["tiny_dataset", "unlabeled_3d"])  # also 6 state dims without labels
-def test_resume_is_exact(tmp_path, dataset, request):
+@pytest.mark.parametrize("dataset, model", [("tiny_dataset", {}), ("unlabeled_3d", {}),  # 6 state dims, no labels
+                                            ("tiny_dataset", {"edge_inputs": "relative", "loss_delta": 0.02})])
+def test_resume_is_exact(tmp_path, dataset, model, request):
     data = request.getfixturevalue(dataset)
-    run(tiny(rounds=6), data, tmp_path / "whole", progress=False)
-    run(tiny(rounds=4), data, tmp_path / "split", progress=False)  # round 4 is not on the cadence
-    run(tiny(rounds=6), data, tmp_path / "split", resume=True, progress=False)
+
+    def cfg(rounds):
+        return C.Config.from_dict(C.merge(tiny(rounds=rounds).to_dict(), {"model": model}))
+
+    run(cfg(6), data, tmp_path / "whole", progress=False)
+    run(cfg(4), data, tmp_path / "split", progress=False)  # round 4 is not on the cadence
+    run(cfg(6), data, tmp_path / "split", resume=True, progress=False)
     whole, split = (torch.load(tmp_path / x / "checkpoint.pt", weights_only=True) for x in ("whole", "split"))
     assert whole["round"] == split["round"] == 5
     torch.testing.assert_close(split["structures"], whole["structures"], rtol=0, atol=0)
