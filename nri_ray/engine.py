@@ -32,8 +32,7 @@ from typing import NamedTuple
 import torch
 
 from .gnn import Layout, active_anchors, anchored_targets, make_layout
-from .modules import (DISTANCE_EPS, ModuleLibrary, position_dims, prediction_loss, prediction_loss_grad,
-                      relative_backward)
+from .modules import ModuleLibrary, prediction_loss, prediction_loss_grad, relative_backward, relative_features
 
 
 def spread_plan(layout: Layout, n_nodes: int, dims: int) -> torch.Tensor:
@@ -207,11 +206,7 @@ class Tape:
         d = self.dims
         pairs = self.ws.get("pairs", edge_in.shape[0], 2 * d)  # [R, 2d]: [x_send; x_recv]
         torch.index_select(x.view(-1), 0, pair, out=pairs.view(-1))
-        torch.sub(pairs[:, :d], pairs[:, d:], out=edge_in[:, :d])
-        edge_in[:, d:2 * d] = pairs[:, d:]
-        p = position_dims(d)
-        torch.sum(edge_in[:, :p].square(), dim=1, keepdim=True, out=edge_in[:, 2 * d:])
-        edge_in[:, 2 * d:].add_(DISTANCE_EPS).sqrt_()
+        edge_in.copy_(relative_features(pairs, d))  # a small temporary next to the module matmuls
 
     def _sources(self, structures: torch.Tensor, source_eval: torch.Tensor, source_row: torch.Tensor,
                  layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
