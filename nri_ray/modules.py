@@ -137,7 +137,7 @@ class ModuleLibrary(nn.Module):
         seed: initialization seed.
         edge_inputs: "absolute" ([x_s; x_r], the paper) or "relative".
         loss_delta: 0 (squared error, the paper) or the Huber threshold of `prediction_loss`: the loss
-            training and SA score rollouts by (a setting, not a parameter: checkpoints do not hold it).
+            training and SA score rollouts by (a setting, not a parameter: the run's config holds it).
     """
 
     def __init__(self, num_edge_modules: int, dims: int, edge_hidden: list[int], node_hidden: list[int],
