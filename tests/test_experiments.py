@@ -161,10 +161,11 @@ def test_find_node_on_a_bouncegrad_run_is_blind_to_its_module_labels(tmp_path, t
             assert results["swapped"][key] == results["bg"][key]
 
 
-def test_recover_hidden_finds_a_particle_in_data_the_model_itself_made():
+@pytest.mark.parametrize("edge_inputs, steps", [("absolute", 100), ("relative", 300)])  # relative: through the
+def test_recover_hidden_finds_a_particle_in_data_the_model_itself_made(edge_inputs, steps):  # distance too, slower
     # A world where the model is exact: trajectories rolled out by a random module library on
     # random symmetric graphs. The hidden particle's trajectory and edges must come back.
-    lib = ModuleLibrary(2, 4, [32, 32], [32], seed=1, init_spread=0.5).requires_grad_(False)
+    lib = ModuleLibrary(2, 4, [32, 32], [32], seed=1, init_spread=0.5, edge_inputs=edge_inputs).requires_grad_(False)
     g = torch.Generator().manual_seed(0)
     tasks, n, hidden = 4, 5, 1
     senders, receivers = edge_index(n)
@@ -174,7 +175,7 @@ def test_recover_hidden_finds_a_particle_in_data_the_model_itself_made():
     x0 = torch.rand(tasks, n, 4, generator=g) * 2 - 1
     with torch.no_grad():
         traj = torch.cat([x0.unsqueeze(1), rollout(lib, x0, structures, 14)], dim=1)  # [tasks, 15, n, 4]
-    rec = recover_hidden(lib, traj, structures, hidden, restarts=32, steps=100, lr=0.05, seed=0, log=lambda m: None)
+    rec = recover_hidden(lib, traj, structures, hidden, restarts=32, steps=steps, lr=0.05, seed=0, log=lambda m: None)
     assert ((rec.trajectory - traj[:, :, hidden]) ** 2).mean() < 1e-4  # a random guess is ~1
     from_hidden = [e for e in range(len(senders)) if senders[e] == hidden]
     assert torch.equal(rec.hidden_modules, structures[:, from_hidden])
