@@ -407,7 +407,7 @@ SECTIONS = {"model": ModelConfig, "proposal": ProposalConfig, "anneal": AnnealCo
 PRESETS = {
     "small": "CPU-sized (springs: 2000 tasks in minutes on 2 cores)",
     "charged": "the small preset with edge modules that see offsets and distances (relative edge inputs), a "
-               "Huber loss and 12,500 rounds: charged particles (about 1.7 hours on 2 cores)",
+               "Huber loss and 12,500 rounds: charged particles (1.1-1.7 hours on 2 cores)",
     "paper": "the published architecture and hyper-parameters",
 }
 
@@ -421,7 +421,8 @@ def preset(name: str) -> dict:
         # (a pairwise force is a function of them) and a Huber loss (close encounters of charges carry
         # most of the squared error) took 2000-task runs from 55% to 81% test edge accuracy at the small
         # preset's budget. The rest is the small preset, at lr 3e-3 (the rate of every charged run there), with
-        # rounds for 10,000 tasks in under 2 hours on 2 cores (0.48 s a round measured there, 2 shards).
+        # rounds for 10,000 tasks in under 2 hours on 2 cores (0.30 s a round measured there alone, 0.48 s
+        # with the cores shared; 2 shards).
         return merge(preset("small"), {
             "model": {"edge_inputs": "relative", "loss_delta": 0.02},
             "train": {"lr": 3e-3, "rounds": 12500, "eval_every": 500},
