@@ -224,6 +224,9 @@ def _widths(v: tuple) -> str | None:
     return None if v and all(x > 0 for x in v) else "a non-empty list of positive integers, e.g. [256, 256, 256]"
 
 
+EDGE_INPUTS = ("absolute", "relative")  # what an edge module sees (modules.relative_features)
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ModelConfig(Section):
     """The module library (REFERENCE.md 1.2)."""
@@ -238,7 +241,7 @@ class ModelConfig(Section):
     rollout: int = param(10, "rollout steps from each ground-truth anchor frame", check=at_least(1))
     edge_inputs: str = param("absolute", "what an edge module sees: absolute ([x_s; x_r], the paper) or relative "
                                          "([x_s - x_r; x_r; distance between the positions])",
-                             choices=("absolute", "relative"))
+                             choices=EDGE_INPUTS)
     loss_delta: float = param(0.0, "prediction loss of training and SA: 0 = squared error (the paper); > 0 = Huber "
                                    "loss with this threshold per state value (normalized units), linear above it",
                               check=at_least(0.0))

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from .config import EDGE_INPUTS
+
 
 def _uniform(shape: tuple[int, ...], fan_in: int, generator: torch.Generator) -> nn.Parameter:
     bound = 1.0 / math.sqrt(fan_in)
@@ -68,7 +70,6 @@ class EdgeModules(nn.Module):
         return x
 
 
-EDGE_INPUTS = ("absolute", "relative")
 DISTANCE_EPS = 1e-6  # distance = sqrt(|p_s - p_r|^2 + eps): smooth, with a finite gradient at 0
 
 
