@@ -115,7 +115,7 @@ def test_every_preset_is_a_valid_config_and_charged_is_small_with_relative_edge_
     configs = {name: C.Config.from_dict(C.preset(name)) for name in C.PRESETS}
     small, charged = configs["small"], configs["charged"]
     assert charged.model.edge_inputs == "relative" and small.model.edge_inputs == "absolute"
-    assert charged.model.loss_delta > 0 == small.model.loss_delta
+    assert charged.model.loss_delta > 0 and small.model.loss_delta == 0  # Huber for charged, squared for small
     assert charged.proposal == small.proposal and charged.anneal == small.anneal  # the small search recipe
     with pytest.raises(ConfigError, match="--preset: got 'huge', expected one of small, charged, paper"):
         C.preset("huge")
