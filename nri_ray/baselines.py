@@ -62,7 +62,8 @@ def model_config(base: dict, method: str, budget: Budget, seed: int) -> Config:
     if method == "nri-vae":
         nri = merge(Config().to_dict(), base)["nri"]
         train["lr"] = nri["nri_lr"]  # DATA.md A6: 5e-4
-        override["model"] = {"init_spread": 1.0}  # the original decoder's plain init
+        # the original decoder: plain init, absolute edge inputs (its loss is its own Gaussian NLL)
+        override["model"] = {"init_spread": 1.0, "edge_inputs": "absolute", "loss_delta": 0.0}
         if nri["nri_hidden"]:  # the original's shapes: message MLP 2d -> h -> h, node MLP h+d -> h -> h -> d
             h = nri["nri_hidden"]
             override["model"].update(edge_hidden=[h, h], node_hidden=[h, h])

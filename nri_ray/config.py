@@ -427,17 +427,14 @@ def preset(name: str) -> dict:
         # halved after two evaluations (500 rounds) without a lower meta-valid loss (label-free), with
         # rounds for 10,000 tasks in under 2 hours on 2 cores (12,500 rounds: 1904 s on the 2-core
         # machine of the measured run, 89.9% test edge accuracy; 2 shards).
-        return merge(preset("small"), {
-            "model": {"edge_inputs": "relative", "loss_delta": 0.02},
-            "train": {"lr": 3e-3, "rounds": 12500, "eval_every": 250, "plateau_patience": 2},
-        })
+        return merge(preset("small"), {"train": {"lr": 3e-3, "rounds": 12500, "eval_every": 250, "plateau_patience": 2}})
     if name == "small":
         # Sized for 2 CPU cores: narrower modules, 64 tasks per round, two SA proposals per task per
         # round (more search per gradient step), greedy SA (at this budget, heat only slows it).
         # A full-graph warm-up and the one-step block-optimum proposal make it converge on every seed
         # tried (docs/RESULTS.md, seed robustness): without them 4 of 10 seed pairs ended at 56-80%.
         return {
-            "model": {"edge_hidden": [64, 64], "node_hidden": [64, 64]},
+            "model": {"edge_hidden": [64, 64], "node_hidden": [64, 64], "edge_inputs": "relative", "loss_delta": 0.02},
             "proposal": {"proposal_hidden": 64, "proposal_lr": 3e-3, "block_search": True},
             "anneal": {"schedule": "constant", "t0": 0.0},
             "train": {"rounds": 1300, "meta_batch_size": 64, "sa_steps": 2, "lr": 1e-2, "warmup_rounds": 100,

@@ -111,11 +111,12 @@ def test_one_merge_preset_then_defaults_then_file_then_flags(tmp_path):
         parser.parse_args(["--edge-hidden", "8,x"])
 
 
-def test_every_preset_is_a_valid_config_and_charged_is_small_with_relative_edge_inputs():
+def test_every_preset_is_a_valid_config_and_charged_is_small_trained_longer():
     configs = {name: C.Config.from_dict(C.preset(name)) for name in C.PRESETS}
-    small, charged = configs["small"], configs["charged"]
-    assert charged.model.edge_inputs == "relative" and small.model.edge_inputs == "absolute"
-    assert charged.model.loss_delta > 0 and small.model.loss_delta == 0  # Huber for charged, squared for small
-    assert charged.proposal == small.proposal and charged.anneal == small.anneal  # the small search recipe
+    small, charged, paper = configs["small"], configs["charged"], configs["paper"]
+    assert small.model.edge_inputs == "relative" and paper.model.edge_inputs == "absolute"
+    assert small.model.loss_delta > 0 and paper.model.loss_delta == 0  # Huber for small, the paper's squared error
+    assert (charged.model, charged.proposal, charged.anneal) == (small.model, small.proposal, small.anneal)
+    assert (charged.train.lr, charged.train.rounds) != (small.train.lr, small.train.rounds)
     with pytest.raises(ConfigError, match="--preset: got 'huge', expected one of small, charged, paper"):
         C.preset("huge")

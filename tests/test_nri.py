@@ -53,6 +53,7 @@ def test_nri_widths_default_to_the_originals_256_and_follow_the_model_at_zero():
     cfg = B.model_config(small, "nri-vae", B.Budget(1, 32, 0), seed=0)
     assert (cfg.model.edge_hidden, cfg.model.node_hidden, cfg.proposal.proposal_hidden) == ((256, 256), (256, 256), 256)
     assert cfg.train.lr == 5e-4
+    assert (cfg.model.edge_inputs, cfg.model.loss_delta) == ("absolute", 0.0)  # the original decoder, any preset
     lib, _ = B.build_models(cfg, 4, 49, norm="batch")
     # the original's decoder: msg_fc1 8 -> 256, msg_fc2 256 -> 256; out_fc1 260 -> 256, out_fc2, out_fc3 256 -> 4
     assert [tuple(w.shape[1:]) for w in lib.edges.weights] == [(8, 256), (256, 256)]
