@@ -63,19 +63,21 @@ def test_resume_with_a_different_config_is_refused(trained, capsys):
 
 def test_resume_with_other_edge_inputs_is_refused_and_a_run_saved_before_them_loads_as_absolute(
         trained, tmp_path, capsys, tiny_dataset):
-    before = (trained / "checkpoint.pt").read_bytes()
-    code, out = run_cli(["train", "--resume", trained, "--rounds", 4, "--edge-inputs", "relative", *FLAGS], capsys)
-    assert code == 2 and "model.edge_inputs: checkpoint 'absolute', now 'relative'" in out.err
+    before = (trained / "checkpoint.pt").read_bytes()  # the small preset's relative edge inputs
+    code, out = run_cli(["train", "--resume", trained, "--rounds", 4, "--edge-inputs", "absolute", *FLAGS], capsys)
+    assert code == 2 and "model.edge_inputs: checkpoint 'relative', now 'absolute'" in out.err
     assert (trained / "checkpoint.pt").read_bytes() == before
-    # A checkpoint written before edge inputs were configurable has no model.edge_inputs: absolute.
+    # A checkpoint written before edge inputs (and the Huber loss) were configurable has neither key:
+    # it was trained with absolute inputs and the squared error, and loads as such.
     old = tmp_path / "old"
-    shutil.copytree(trained, old)
+    assert run_cli(["train", "--data", tiny_dataset, "--out", old, "--rounds", 2, "--edge-inputs", "absolute",
+                    "--loss-delta", 0, *FLAGS], capsys)[0] == 0
     state = torch.load(old / "checkpoint.pt", weights_only=True)
-    del state["config"]["model"]["edge_inputs"]
+    del state["config"]["model"]["edge_inputs"], state["config"]["model"]["loss_delta"]
     checkpoint.save(old, state)
     code, out = run_cli(["evaluate", old, "--data", tiny_dataset, "--sa-steps", 1, "--json"], capsys)
     assert code == 0 and json.loads(out.out)["tasks"] > 0
-    assert load_run(old)[1].model.edge_inputs == "absolute"
+    assert (load_run(old)[1].model.edge_inputs, load_run(old)[1].model.loss_delta) == ("absolute", 0.0)
 
 
 def test_missing_and_corrupt_checkpoint(trained, tmp_path, capsys, tiny_dataset):
