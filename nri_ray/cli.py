@@ -243,12 +243,20 @@ def _cmd_data_efficiency(args: argparse.Namespace) -> int:
         sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
     except ValueError:
         raise NriRayError(f"--sizes: got {args.sizes!r}, expected comma-separated integers like 100,300,1000") from None
+    try:
+        seeds = [int(x) for x in args.data_seeds.split(",") if x.strip()]
+    except ValueError:
+        raise NriRayError(f"--data-seeds: got {args.data_seeds!r}, expected comma-separated integers like 42,1,2") from None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     result = data_efficiency(_experiment_base(args), args.sim, sizes, args.out, num_valid=args.num_valid,
-                             num_test=args.num_test, seed=args.data_seed, sa_steps=args.test_sa_steps, tasks=args.tasks,
+                             num_test=args.num_test, seeds=seeds, sa_steps=args.test_sa_steps, tasks=args.tasks,
                              methods=methods)
-    for method, rows in result["points"].items():
-        print(method, " ".join(f"{p['train_tasks']}:{100 * p['edge_accuracy']:.1f}%" for p in rows))
+    for method, rows in result["points"].items():  # mean [min, max] over the data seeds
+        print(method, " ".join(f"{p['train_tasks']}:{100 * p['edge_accuracy']:.1f}% "
+                               f"[{100 * p['edge_accuracy_min']:.1f}, {100 * p['edge_accuracy_max']:.1f}]" for p in rows))
+    for row in result["factors"]:
+        factor = "-" if row["factor"] is None else f"{row['factor']:.1f}x"
+        print(f"to reach {100 * row['target']:.0f}%: data-efficiency factor {factor} ({row['kind']})")
     return 0
 
 
@@ -378,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     eff.add_argument("--sizes", default="100,300,1000,3000,10000", help="meta-train task counts")
     eff.add_argument("--num-valid", type=int, default=500, help="valid tasks of the generated dataset")
     eff.add_argument("--num-test", type=int, default=1000, help="test tasks of the generated dataset")
-    eff.add_argument("--data-seed", type=int, default=42, help="seed of the generated dataset")
+    eff.add_argument("--data-seeds", default="42", help="comma-separated seeds, one generated dataset each "
+                                                         "(points are means with min-max bars over them)")
     eff.add_argument("--out", required=True, help="output directory (dataset, runs, JSON, PNG)")
     from .baselines import METHODS
 

@@ -9,6 +9,7 @@ result file exists is loaded, not retrained, so an interrupted table resumes whe
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -108,39 +109,93 @@ def table(base: Config, data_dir: str | Path, out: str | Path, methods=B.METHODS
     return {"markdown": markdown, "results": results}
 
 
-def data_efficiency(base: Config, sim: str, sizes: list[int], out: str | Path, *, num_valid: int = 500,
-                    num_test: int = 1000, seed: int = 42, sa_steps: int = 100, tasks: int = 0,
-                    methods=("modular", "nri-vae"), log=print) -> dict:
-    """Edge accuracy against the number of meta-train tasks (the paper's Figure 3).
+def tasks_to_reach(points: list[dict], target: float) -> tuple[float | None, str]:
+    """Meta-train tasks at which a method's mean edge accuracy first reaches `target`.
 
-    One dataset with max(sizes) train tasks is generated once (OUT/data); each size trains on its
-    first N tasks. Budgets: modular meta-learning takes `base.train.rounds` x `meta_batch_size` at
-    every size; the NRI VAE its own schedule (`base.nri`: epochs over the N tasks, best
-    validation epoch), unless `nri_budget` is `steps`.
+    Interpolated linearly in log(tasks) between the two sizes that bracket the target. Returns
+    (tasks, "exact"), (smallest size, "at most") when the smallest size already reaches it, or
+    (None, "not reached").
     """
+    if not points:
+        return None, "not reached"
+    if points[0]["edge_accuracy"] >= target:
+        return float(points[0]["train_tasks"]), "at most"
+    for lo, hi in zip(points, points[1:]):
+        if hi["edge_accuracy"] >= target > lo["edge_accuracy"]:
+            frac = (target - lo["edge_accuracy"]) / (hi["edge_accuracy"] - lo["edge_accuracy"])
+            log_n = math.log(lo["train_tasks"]) + frac * (math.log(hi["train_tasks"]) - math.log(lo["train_tasks"]))
+            return math.exp(log_n), "exact"
+    return None, "not reached"
 
+
+def efficiency_factors(points: dict, targets, fast: str = "modular", slow: str = "nri-vae") -> list[dict]:
+    """For each target accuracy: the tasks each method needs and their ratio (slow / fast)."""
+    rows = []
+    for target in targets:
+        (n_fast, k_fast), (n_slow, k_slow) = (tasks_to_reach(points[m], target) for m in (fast, slow))
+        factor, kind = None, "not reached by both"
+        if n_fast is not None and n_slow is not None:
+            factor = n_slow / n_fast
+            bounds = {("exact", "exact"): "exact", ("at most", "exact"): "at least", ("exact", "at most"): "at most"}
+            kind = bounds.get((k_fast, k_slow), "unknown (both reach it at the smallest size)")
+        elif n_fast is not None:
+            kind = f"{slow} does not reach it at the largest size"
+        rows.append({"target": target, f"{fast}_tasks": n_fast, f"{fast}_bound": k_fast, f"{slow}_tasks": n_slow,
+                     f"{slow}_bound": k_slow, "factor": factor, "kind": kind})
+    return rows
+
+
+def data_efficiency(base: Config, sim: str, sizes: list[int], out: str | Path, *, num_valid: int = 500,
+                    num_test: int = 1000, seeds=(42,), sa_steps: int = 100, tasks: int = 0,
+                    methods=("modular", "nri-vae"), targets=(0.9, 0.95), log=print) -> dict:
+    """Edge accuracy against the number of meta-train tasks (the paper's Figure 3), over data seeds.
+
+    For every data seed one dataset with max(sizes) train tasks is generated once
+    (OUT/d{seed}/data); each size trains on its first N tasks (OUT/d{seed}/n{N}/{method}). Budgets:
+    modular meta-learning takes `base.train.rounds` x `meta_batch_size` at every size; the NRI VAE
+    its own schedule (`base.nri`: epochs over the N tasks, best validation epoch), unless
+    `nri_budget` is `steps`. Each point is the mean over seeds with its min, max and standard
+    deviation; `factors` gives the tasks each method needs to reach each target accuracy.
+    """
     out = Path(out)
     if not sizes or min(sizes) < 1:
         raise NriRayError(f"--sizes: got {sizes}, expected positive task counts")
-    data_dir = out / "data"
-    if not (data_dir / "meta.json").exists():
-        generate(GenerateConfig(sim=sim, num_train=max(sizes), num_valid=num_valid, num_test=num_test, seed=seed),
-                 data_dir, progress=False)
-    points = {m: [] for m in methods}
-    for n in sorted(sizes):
-        cfg = Config.from_dict(merge(base.to_dict(), {"train": {"train_tasks": n}}))
-        for m in methods:
-            r = run_method(m, cfg, data_dir, out / f"n{n}", sa_steps, tasks, log)
-            points[m].append({"train_tasks": n, "edge_accuracy": r["edge_accuracy"], "mse": r.get("mse")})
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise NriRayError(f"--data-seeds: got {list(seeds)}, expected distinct integers like 42,1,2")
+    per_seed = {m: {n: {} for n in sorted(sizes)} for m in methods}  # method -> size -> seed -> result
+    for seed in seeds:
+        data_dir = out / f"d{seed}" / "data"
+        if not (data_dir / "meta.json").exists():
+            generate(GenerateConfig(sim=sim, num_train=max(sizes), num_valid=num_valid, num_test=num_test, seed=seed),
+                     data_dir, progress=False)
+        for n in sorted(sizes):
+            cfg = Config.from_dict(merge(base.to_dict(), {"train": {"train_tasks": n}}))
+            for m in methods:
+                log(f"data seed {seed}, {n} tasks:")
+                per_seed[m][n][seed] = run_method(m, cfg, data_dir, out / f"d{seed}" / f"n{n}", sa_steps, tasks, log)
+    points = {m: [_mean_point(n, per_seed[m][n]) for n in sorted(sizes)] for m in methods}
+    factors = efficiency_factors(points, targets) if {"modular", "nri-vae"} <= set(methods) else []
     nri = (f"NRI {base.nri.nri_epochs} epochs of {base.nri.nri_batch_size}" if base.nri.nri_budget == "own"
            else "NRI the same steps")
-    result = {"simulator": sim, "sizes": sorted(sizes), "budget_steps": base.train.rounds,
-              "batch_size": base.train.meta_batch_size, "nri": base.nri.to_dict(), "points": points}
+    result = {"simulator": sim, "sizes": sorted(sizes), "data_seeds": list(seeds), "train_seed": base.train.seed,
+              "budget_steps": base.train.rounds, "batch_size": base.train.meta_batch_size, "nri": base.nri.to_dict(),
+              "points": points, "factors": factors}
     B.write_json(out / "data_efficiency.json", result)
     plots.data_efficiency(points, out / "data_efficiency.png",
-                          f"{sim}: edge accuracy vs meta-train tasks (modular {base.train.rounds} rounds x "
-                          f"{base.train.meta_batch_size}; {nri})")
+                          f"{sim}: edge accuracy vs meta-train tasks, {len(seeds)} data seed(s) (modular "
+                          f"{base.train.rounds} rounds x {base.train.meta_batch_size}; {nri})")
     return result
+
+
+def _mean_point(n: int, by_seed: dict[int, dict]) -> dict:
+    """One size's results over seeds: mean edge accuracy and MSE, with min / max / std and every seed's value."""
+    acc = torch.tensor([r["edge_accuracy"] for r in by_seed.values()], dtype=torch.float64)
+    horizons = next(iter(by_seed.values())).get("mse") or {}
+    mse = {h: sum(r["mse"][h] for r in by_seed.values()) / len(by_seed) for h in horizons}
+    return {"train_tasks": n, "edge_accuracy": acc.mean().item(), "edge_accuracy_min": acc.min().item(),
+            "edge_accuracy_max": acc.max().item(), "edge_accuracy_std": acc.std(unbiased=False).item(),
+            "seeds": {str(s): r["edge_accuracy"] for s, r in by_seed.items()}, "mse": mse,
+            "wall_seconds": {str(s): r.get("wall_seconds") for s, r in by_seed.items()}}
 
 
 # ----------------------------------------------------------------------------- find-node

@@ -6,6 +6,7 @@ import torch
 
 from nri_ray import baselines as B
 from nri_ray import config as C
+from nri_ray import experiments as E
 from nri_ray.cli import main
 from nri_ray.gnn import rollout, soft_rollout
 from nri_ray.graph import edge_index
@@ -75,18 +76,40 @@ def test_true_graph_training_fits_better_than_it_started(tmp_path, tiny_dataset)
     assert trained["mse"]["1"] < 0.5 * untrained["mse"]["1"]
 
 
-def test_data_efficiency_generates_trains_and_plots(tmp_path):
+def test_data_efficiency_generates_trains_and_plots_over_seeds(tmp_path, capsys):
     out = tmp_path / "eff"
     args = ["experiment", "data-efficiency", "--sim", "springs", "--sizes", "12,24", "--num-valid", "8", "--num-test",
-            "8", "--out", str(out), *TINY]
+            "8", "--data-seeds", "5,6", "--out", str(out), *TINY]
     assert main(args) == 0
     result = json.loads((out / "data_efficiency.json").read_text())
-    assert set(result["points"]) == {"modular", "nri-vae"}
-    for method, points in result["points"].items():  # both methods, at every size
+    assert set(result["points"]) == {"modular", "nri-vae"} and result["data_seeds"] == [5, 6]
+    for method, points in result["points"].items():  # both methods, at every size, over both datasets
         assert [p["train_tasks"] for p in points] == [12, 24], method
-        assert all(p["mse"]["1"] > 0 for p in points), method
+        for p in points:
+            per_seed = [p["seeds"]["5"], p["seeds"]["6"]]
+            assert p["edge_accuracy"] == pytest.approx(sum(per_seed) / 2)
+            assert p["edge_accuracy_min"] == min(per_seed) and p["edge_accuracy_max"] == max(per_seed)
+            assert p["mse"]["1"] > 0
+    assert [r["target"] for r in result["factors"]] == [0.9, 0.95]
     assert (out / "data_efficiency.png").stat().st_size > 1000
-    assert json.loads((out / "n12" / "modular" / "run" / "summary.json").read_text())["final_round"] == 6
+    for seed in (5, 6):  # one dataset per seed, each size trained on its first N tasks
+        assert json.loads((out / f"d{seed}" / "data" / "meta.json").read_text())["seed"] == seed
+        assert json.loads((out / f"d{seed}" / "n12" / "modular" / "run" / "summary.json").read_text())["final_round"] == 6
+    assert "data-efficiency factor" in capsys.readouterr().out
+
+
+def test_efficiency_factor_interpolates_in_log_tasks():
+    def curve(*accs):
+        return [{"train_tasks": n, "edge_accuracy": a} for n, a in zip((100, 1000, 10000), accs)]
+
+    points = {"modular": curve(0.5, 0.9, 0.99), "nri-vae": curve(0.5, 0.6, 0.9)}
+    assert E.tasks_to_reach(points["modular"], 0.9) == (pytest.approx(1000), "exact")
+    assert E.tasks_to_reach(points["modular"], 0.7) == (pytest.approx(10 ** 2.5), "exact")  # halfway in log(tasks)
+    assert E.tasks_to_reach(points["nri-vae"], 0.95) == (None, "not reached")
+    assert E.tasks_to_reach(points["modular"], 0.4) == (100, "at most")
+    rows = {r["target"]: r for r in E.efficiency_factors(points, (0.9, 0.95))}
+    assert rows[0.9]["factor"] == pytest.approx(10) and rows[0.9]["kind"] == "exact"
+    assert rows[0.95]["factor"] is None and rows[0.95]["kind"] == "nri-vae does not reach it at the largest size"
 
 
 def test_find_node_on_a_true_graph_model(tmp_path, tiny_dataset, capsys):
