@@ -162,17 +162,19 @@ def data_efficiency(base: Config, sim: str, sizes: list[int], out: str | Path, *
         raise NriRayError(f"--sizes: got {sizes}, expected positive task counts")
     if not seeds or len(set(seeds)) != len(seeds):
         raise NriRayError(f"--data-seeds: got {list(seeds)}, expected distinct integers like 42,1,2")
-    per_seed = {m: {n: {} for n in sorted(sizes)} for m in methods}  # method -> size -> seed -> result
     for seed in seeds:
         data_dir = out / f"d{seed}" / "data"
         if not (data_dir / "meta.json").exists():
             generate(GenerateConfig(sim=sim, num_train=max(sizes), num_valid=num_valid, num_test=num_test, seed=seed),
                      data_dir, progress=False)
-        for n in sorted(sizes):
-            cfg = Config.from_dict(merge(base.to_dict(), {"train": {"train_tasks": n}}))
+    per_seed = {m: {n: {} for n in sorted(sizes)} for m in methods}  # method -> size -> seed -> result
+    for n in sorted(sizes):  # smallest sizes first: an interrupted run has whole points, every seed
+        cfg = Config.from_dict(merge(base.to_dict(), {"train": {"train_tasks": n}}))
+        for seed in seeds:
             for m in methods:
                 log(f"data seed {seed}, {n} tasks:")
-                per_seed[m][n][seed] = run_method(m, cfg, data_dir, out / f"d{seed}" / f"n{n}", sa_steps, tasks, log)
+                per_seed[m][n][seed] = run_method(m, cfg, out / f"d{seed}" / "data", out / f"d{seed}" / f"n{n}",
+                                                  sa_steps, tasks, log)
     points = {m: [_mean_point(n, per_seed[m][n]) for n in sorted(sizes)] for m in methods}
     factors = efficiency_factors(points, targets) if {"modular", "nri-vae"} <= set(methods) else []
     nri = (f"NRI {base.nri.nri_epochs} epochs of {base.nri.nri_batch_size}" if base.nri.nri_budget == "own"
