@@ -96,6 +96,9 @@ def test_data_efficiency_generates_trains_and_plots_over_seeds(tmp_path, capsys)
         assert json.loads((out / f"d{seed}" / "data" / "meta.json").read_text())["seed"] == seed
         assert json.loads((out / f"d{seed}" / "n12" / "modular" / "run" / "summary.json").read_text())["final_round"] == 6
     assert "data-efficiency factor" in capsys.readouterr().out
+    # A larger size than the datasets already generated in OUT hold is refused before any training.
+    assert main([*args[:5], "12,48", *args[6:]]) == 2
+    assert "expected at least 48 springs ones for --sizes 12,48" in capsys.readouterr().err
 
 
 def test_efficiency_factor_interpolates_in_log_tasks():
