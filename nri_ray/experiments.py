@@ -162,6 +162,10 @@ def data_efficiency(base: Config, sim: str, sizes: list[int], out: str | Path, *
         raise NriRayError(f"--sizes: got {sizes}, expected positive task counts")
     if not seeds or len(set(seeds)) != len(seeds):
         raise NriRayError(f"--data-seeds: got {list(seeds)}, expected distinct integers like 42,1,2")
+    scored = ("modular", "nri-vae", "supervised")  # the methods that infer edges: the figure plots their accuracy
+    if not methods or any(m not in scored for m in methods):
+        raise NriRayError(f"--methods: got {','.join(methods)}, expected some of {', '.join(scored)} "
+                          "(the figure plots edge accuracy; the other baselines infer no edges)")
     for seed in seeds:
         data_dir = out / f"d{seed}" / "data"
         if not (data_dir / "meta.json").exists():

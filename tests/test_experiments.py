@@ -99,6 +99,8 @@ def test_data_efficiency_generates_trains_and_plots_over_seeds(tmp_path, capsys)
     # A larger size than the datasets already generated in OUT hold is refused before any training.
     assert main([*args[:5], "12,48", *args[6:]]) == 2
     assert "expected at least 48 springs ones for --sizes 12,48" in capsys.readouterr().err
+    assert main([*args, "--methods", "modular,full-graph"]) == 2  # a method without edge accuracy: refused
+    assert "--methods: got modular,full-graph, expected some of modular, nri-vae, supervised" in capsys.readouterr().err
 
 
 def test_efficiency_factor_interpolates_in_log_tasks():
