@@ -133,13 +133,13 @@ def efficiency_factors(points: dict, targets, fast: str = "modular", slow: str =
     rows = []
     for target in targets:
         (n_fast, k_fast), (n_slow, k_slow) = (tasks_to_reach(points[m], target) for m in (fast, slow))
-        factor, kind = None, "not reached by both"
-        if n_fast is not None and n_slow is not None:
-            factor = n_slow / n_fast
+        factor = None if n_fast is None or n_slow is None else n_slow / n_fast
+        if factor is not None:
             bounds = {("exact", "exact"): "exact", ("at most", "exact"): "at least", ("exact", "at most"): "at most"}
             kind = bounds.get((k_fast, k_slow), "unknown (both reach it at the smallest size)")
-        elif n_fast is not None:
-            kind = f"{slow} does not reach it at the largest size"
+        else:
+            kind = " and ".join(f"{m} does not reach it at the largest size" for m, n in ((fast, n_fast), (slow, n_slow))
+                                if n is None)
         rows.append({"target": target, f"{fast}_tasks": n_fast, f"{fast}_bound": k_fast, f"{slow}_tasks": n_slow,
                      f"{slow}_bound": k_slow, "factor": factor, "kind": kind})
     return rows

@@ -119,8 +119,8 @@ def data_efficiency(points: dict, out: Path, title: str = "") -> Path:
     fig, ax = _figure(figsize=(5.5, 4))
     for method, rows in points.items():  # mean over seeds, bars from the worst to the best seed
         x, y = [p["train_tasks"] for p in rows], [100 * p["edge_accuracy"] for p in rows]
-        low = [100 * (p["edge_accuracy"] - p.get("edge_accuracy_min", p["edge_accuracy"])) for p in rows]
-        high = [100 * (p.get("edge_accuracy_max", p["edge_accuracy"]) - p["edge_accuracy"]) for p in rows]
+        low = [100 * (p["edge_accuracy"] - p["edge_accuracy_min"]) for p in rows]
+        high = [100 * (p["edge_accuracy_max"] - p["edge_accuracy"]) for p in rows]
         ax.errorbar(x, y, yerr=[low, high], fmt="o-", capsize=3, label=method)
     ax.set_xscale("log")
     ax.set_xlabel("meta-train tasks")

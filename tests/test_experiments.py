@@ -115,6 +115,8 @@ def test_efficiency_factor_interpolates_in_log_tasks():
     rows = {r["target"]: r for r in E.efficiency_factors(points, (0.9, 0.95))}
     assert rows[0.9]["factor"] == pytest.approx(10) and rows[0.9]["kind"] == "exact"
     assert rows[0.95]["factor"] is None and rows[0.95]["kind"] == "nri-vae does not reach it at the largest size"
+    rows = E.efficiency_factors({"modular": curve(0.5, 0.6, 0.7), "nri-vae": curve(0.5, 0.6, 0.7)}, (0.9,))
+    assert rows[0]["kind"] == "modular does not reach it at the largest size and nri-vae does not reach it at the largest size"
 
 
 def test_find_node_on_a_true_graph_model(tmp_path, tiny_dataset, capsys):
