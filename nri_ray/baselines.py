@@ -12,7 +12,8 @@
   128, Adam 5e-4 halved every 200 epochs, the checkpoint with the best validation NLL).
 
 Every trained baseline is written as a run directory in the format `nri-ray train` writes
-(config.yaml, checkpoint.pt), so `load_run`, evaluation and find-node treat them alike. Budget
+(config.yaml, checkpoint.pt, its tensors on the CPU), so `load_run`, evaluation and find-node treat
+them alike. They train on `train.device` (auto: CUDA when present), scored on the CPU. Budget
 rule: the NRI VAE trains on its own published schedule (`nri_budget: own`, or capped in
 wall-clock by `nri_max_seconds` for equal-compute rows); the other gradient baselines, and the
 NRI VAE with `nri_budget: steps`, take the same number of optimizer steps at the same batch size
@@ -40,6 +41,7 @@ from .io import atomic_write_bytes, atomic_write_text
 from .metrics import edge_accuracy, horizon_mse
 from .proposal import proposal_loss
 from .rng import GUMBEL, NRI_SHUFFLE, NRI_VALID, uniform
+from .shard import resolve_device
 from .train import load_run, sample_batch
 from .weights import build_models
 
@@ -139,7 +141,7 @@ def nri_validation(lib, encoder, window: torch.Tensor, labels: torch.Tensor, see
     for a in range(0, tasks, chunk):  # chunks of tasks bound the rollout's memory
         w = window[a:a + chunk]  # [c, frames, n, d]
         c = w.shape[0]
-        ids = torch.arange(a, a + c)
+        ids = torch.arange(a, a + c, device=w.device)
         logits = encoder(w)  # [c, edges, K]
         noise = gumbel_noise(uniform(seed, ids, epoch, NRI_VALID, logits[0].numel())).view_as(logits).to(logits)
         hard = torch.nn.functional.one_hot((logits + noise).argmax(dim=-1), logits.shape[-1]).to(w.dtype)
@@ -147,7 +149,7 @@ def nri_validation(lib, encoder, window: torch.Tensor, labels: torch.Tensor, see
         weights = _skip_first(hard, skip_first).repeat_interleave(frames - 1, dim=0)  # [c * (frames-1), edges, K]
         pred = soft_rollout(lib, start, weights, 1).view(c, frames - 1, n, d)  # back to per task and frame
         nll += float(((pred - w[:, 1:]) ** 2).sum()) / (2 * NRI_VARIANCE)
-        correct.append(logits.argmax(dim=-1))
+        correct.append(logits.argmax(dim=-1).cpu())
     encoder.train()
     accuracy = None if labels is None else edge_accuracy(torch.cat(correct).numpy(), labels.numpy(), logits.shape[-1])
     return nll / (tasks * n), accuracy
@@ -168,7 +170,7 @@ def _train_nri(cfg: Config, lib, encoder, window: torch.Tensor, data: Dataset, r
     """
     nri, seed = cfg.nri, cfg.train.seed
     valid = data.read("valid", 0, data.num_tasks("valid"))
-    valid_window = torch.as_tensor(valid.trajectories[:, : window.shape[1]])  # [valid tasks, 49, n, d]
+    valid_window = torch.as_tensor(valid.trajectories[:, : window.shape[1]], device=window.device)  # [valid tasks, 49, n, d]
     valid_labels = None if valid.labels is None else torch.as_tensor(valid.labels).long()
     opt = torch.optim.Adam([*lib.parameters(), *encoder.parameters()], lr=nri.nri_lr)
     tasks = window.shape[0]
@@ -186,7 +188,7 @@ def _train_nri(cfg: Config, lib, encoder, window: torch.Tensor, data: Dataset, r
         lr = nri.nri_lr * nri.nri_gamma ** (epoch // nri.nri_lr_decay)  # StepLR
         for group in opt.param_groups:
             group["lr"] = lr
-        order = uniform(seed, torch.arange(tasks), epoch, NRI_SHUFFLE, 1)[:, 0].argsort()  # [tasks] a keyed shuffle
+        order = uniform(seed, torch.arange(tasks, device=window.device), epoch, NRI_SHUFFLE, 1)[:, 0].argsort()  # [tasks] a keyed shuffle
         train_loss = 0.0
         for a in range(0, tasks, nri.nri_batch_size):
             ids = order[a:a + nri.nri_batch_size]
@@ -251,13 +253,14 @@ def train_baseline(method: str, cfg: Config, data_dir: str | Path, run_dir: str 
     run_dir, data = Path(run_dir), Dataset(data_dir)
     if method in ("true-graph", "supervised"):
         data.require_labels(f"the {method} baseline (it trains on the true relations)")
-    device = torch.device("cpu")
+    device = resolve_device(cfg.train.device)  # the keyed draws are integer hashes: the same on either device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     window, labels = _train_split(data, cfg, device)
     norm = cfg.nri.nri_norm if method == "nri-vae" else "layer"
     # the encoder sees the whole window (49 frames)
     lib, encoder = build_models(cfg, window.shape[-1], window.shape[1], norm=norm)
+    lib, encoder = lib.to(device), encoder.to(device)
     seed, t0 = cfg.train.seed, time.perf_counter()
     if method == "nri-vae" and cfg.nri.nri_budget == "own":
         curve = _train_nri(cfg, lib, encoder, window, data, run_dir, progress)
@@ -270,7 +273,8 @@ def train_baseline(method: str, cfg: Config, data_dir: str | Path, run_dir: str 
     params = {"supervised": list(encoder.parameters()), "nri-vae": [*lib.parameters(), *encoder.parameters()]}
     lr = cfg.proposal.proposal_lr if method == "supervised" else cfg.train.lr
     opt = torch.optim.Adam(params.get(method, list(lib.parameters())), lr=lr)
-    full = torch.zeros(window.shape[0], window.shape[2] * (window.shape[2] - 1), dtype=torch.long)  # [tasks, edges]
+    full = torch.zeros(window.shape[0], window.shape[2] * (window.shape[2] - 1), dtype=torch.long,
+                       device=device)  # [tasks, edges]
     fixed = {"true-graph": labels, "full-graph": full}.get(method)
     for step in range(cfg.train.rounds):
         ids = torch.as_tensor(sample_batch(seed, step, window.shape[0], cfg.train.meta_batch_size), device=device)
@@ -300,10 +304,15 @@ def _save_baseline(method, cfg, data, data_dir, run_dir, window, lib, encoder, n
             "simulator": data.sim, "normalization": data.normalization.to_dict(),
             "data_dir": str(Path(data_dir).resolve()), "method": method, "encoder_norm": norm}
     checkpoint.save(run_dir, {"round": rounds - 1, "config": cfg.to_dict(), "meta": meta,
-                              "modules": lib.state_dict(), "proposal": encoder.state_dict(),
+                              "modules": _on_cpu(lib.state_dict()), "proposal": _on_cpu(encoder.state_dict()),
                               "structures": torch.zeros(0, dtype=torch.int8),
                               "wall_seconds": time.perf_counter() - t0})
     return run_dir
+
+
+def _on_cpu(state: dict) -> dict:
+    """A state dict with every tensor on the CPU, so that a checkpoint written on a GPU loads anywhere."""
+    return {k: v.cpu() for k, v in state.items()}
 
 
 @torch.no_grad()
