@@ -21,6 +21,7 @@ from .bouncegrad import Tapes, bouncegrad_round, split_windows
 from .config import Config
 from .data import Dataset
 from .engine import Tape, Workspace
+from .errors import NriRayError
 from .metrics import confusion
 from .weights import Gradients, Weights, build_models, flatten_grads, load_weights
 
@@ -45,8 +46,12 @@ class ShardStats(NamedTuple):
 
 
 def resolve_device(name: str) -> torch.device:
+    """`train.device` as a torch device: auto is CUDA when present; cuda without CUDA is refused."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise NriRayError(f"--device {name}: no CUDA device is visible here (torch {torch.__version__}, "
+                          "torch.cuda.is_available() is False); use --device auto or cpu")
     return torch.device(name)
 
 

@@ -47,6 +47,17 @@ def test_invalid_flag_on_the_command_line(tmp_path, capsys, tiny_dataset):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [["train"], ["experiment", "table", "--methods", "full-graph,nri-vae",
+                                                 "--nri-epochs", "1"]])
+def test_cuda_without_a_gpu_is_refused_by_name(tmp_path, capsys, tiny_dataset, command):
+    flags = FLAGS if command == ["train"] else FLAGS[:-1]  # experiments print no progress: no --quiet
+    code, out = run_cli([*command, "--data", tiny_dataset, "--out", tmp_path / "x", "--rounds", 2, "--device", "cuda",
+                         *flags], capsys)
+    assert code == 2 and "--device cuda: no CUDA device is visible here" in out.err, out.err
+    assert not list(tmp_path.rglob("checkpoint.pt"))  # no run was written
+
+
 def test_existing_run_directory_is_not_overwritten(trained, capsys, tiny_dataset):
     before = (trained / "checkpoint.pt").read_bytes()
     code, out = run_cli(["train", "--data", tiny_dataset, "--out", trained, "--rounds", 2, *FLAGS], capsys)
