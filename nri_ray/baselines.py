@@ -12,8 +12,8 @@
   128, Adam 5e-4 halved every 200 epochs, the checkpoint with the best validation NLL).
 
 Every trained baseline is written as a run directory in the format `nri-ray train` writes
-(config.yaml, checkpoint.pt, its tensors on the CPU), so `load_run`, evaluation and find-node treat
-them alike. They train on `train.device` (auto: CUDA when present), scored on the CPU. Budget
+(config.yaml, checkpoint.pt), so `load_run`, evaluation and find-node treat them alike. They
+train on `train.device` (auto: CUDA when present) and are scored on the CPU. Budget
 rule: the NRI VAE trains on its own published schedule (`nri_budget: own`, or capped in
 wall-clock by `nri_max_seconds` for equal-compute rows); the other gradient baselines, and the
 NRI VAE with `nri_budget: steps`, take the same number of optimizer steps at the same batch size
@@ -304,15 +304,10 @@ def _save_baseline(method, cfg, data, data_dir, run_dir, window, lib, encoder, n
             "simulator": data.sim, "normalization": data.normalization.to_dict(),
             "data_dir": str(Path(data_dir).resolve()), "method": method, "encoder_norm": norm}
     checkpoint.save(run_dir, {"round": rounds - 1, "config": cfg.to_dict(), "meta": meta,
-                              "modules": _on_cpu(lib.state_dict()), "proposal": _on_cpu(encoder.state_dict()),
+                              "modules": lib.state_dict(), "proposal": encoder.state_dict(),
                               "structures": torch.zeros(0, dtype=torch.int8),
                               "wall_seconds": time.perf_counter() - t0})
     return run_dir
-
-
-def _on_cpu(state: dict) -> dict:
-    """A state dict with every tensor on the CPU, so that a checkpoint written on a GPU loads anywhere."""
-    return {k: v.cpu() for k, v in state.items()}
 
 
 @torch.no_grad()

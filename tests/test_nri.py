@@ -157,6 +157,7 @@ def test_a_corrupt_nri_state_is_refused_with_its_path(tmp_path, two_particles):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_nri_baseline_trains_on_cuda_like_on_cpu_and_its_checkpoint_loads_anywhere(tmp_path, two_particles):
+    from nri_ray import checkpoint
     from nri_ray.rng import NRI_SHUFFLE, uniform
 
     ids = torch.arange(50)  # the keyed draws are integer hashes: bit for bit the same on either device
@@ -166,7 +167,7 @@ def test_the_nri_baseline_trains_on_cuda_like_on_cpu_and_its_checkpoint_loads_an
         cfg = C.Config.from_dict(C.merge(_tiny_nri(2).to_dict(), {"train": {"device": device}}))
         run_dir = B.train_baseline("nri-vae", cfg, two_particles, tmp_path / device)
         curves[device] = json.loads((run_dir / "nri_curve.json").read_text())
-        saved = torch.load(run_dir / "checkpoint.pt", weights_only=True)  # each tensor where it was saved from
+        saved = checkpoint.load(run_dir)  # as every run's: mapped to the CPU, wherever it was trained
         assert {t.device.type for t in [*saved["modules"].values(), *saved["proposal"].values()]} == {"cpu"}
         assert np.isfinite(B.evaluate_baseline("nri-vae", run_dir, two_particles)["mse"]["1"])
     # same data order, same noise, same init: the losses differ only by float rounding
