@@ -44,7 +44,7 @@ def time_rounds(cfg: C.Config, data: str, tasks: int, args) -> dict:
             ids = sample_batch(0, r, tasks, cfg.train.meta_batch_size)
             start = time.perf_counter()
             stats, gradients = backend.step_all(weights, r, ids, 1e-4, mirror)
-            weights, applied = server.apply(*gradients)
+            weights, applied = server.apply(r, *gradients)
             times.append(time.perf_counter() - start)
         driver_bytes = sum(len(pickle.dumps(s)) for s in stats) + len(pickle.dumps(applied))
         if cfg.cluster.backend == "ray":  # sizes of the round's objects (fetched here once, after timing)

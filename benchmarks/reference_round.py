@@ -309,7 +309,7 @@ def main() -> None:
         reference.round(ids, 1e-4)
         times["reference"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        weights, _ = server.apply(shard.step(weights, r, ids, 1e-4)[1])
+        weights, _ = server.apply(r, shard.step(weights, r, ids, 1e-4)[1])
         times["nri_ray"].append(time.perf_counter() - t)
         print(f"round {r}: reference {times['reference'][-1]:.3f} s, nri-ray {times['nri_ray'][-1]:.3f} s", flush=True)
     ref = statistics.median(times["reference"][args.warmup:])

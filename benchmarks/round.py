@@ -126,7 +126,7 @@ def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> d
         ids = sample_batch(0, r, tasks, batch)
         sync(device)
         t = time.perf_counter()
-        weights, _ = server.apply(shard.step(weights, r, ids, 1e-4)[1])
+        weights, _ = server.apply(r, shard.step(weights, r, ids, 1e-4)[1])
         sync(device)
         times.append(time.perf_counter() - t)
         for m in matmuls:
@@ -136,7 +136,7 @@ def bench(args, batch: int, nodes: int, modules: int, device: torch.device) -> d
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         with profile(activities=activities) as prof:
-            server.apply(shard.step(weights, len(times), sample_batch(0, len(times), tasks, batch), 1e-4)[1])
+            server.apply(len(times), shard.step(weights, len(times), sample_batch(0, len(times), tasks, batch), 1e-4)[1])
             sync(device)
         sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=sort, row_limit=args.profile), flush=True)

@@ -312,6 +312,10 @@ class TrainConfig(Section):
                                   "every edge) without search, before BounceGrad starts", check=at_least(0))
     lr: float = param(1e-2, "Adam learning rate of the modules (published: 1e-2 springs, 1e-4 charged)",
                       check=positive)
+    lr_ramp_rounds: int = param(0, "from the first searched round (after the warm-up), the module lr rises "
+                                   "linearly from lr / N to lr over these N rounds (0 = none): Adam's first steps "
+                                   "on an edge module that had no gradient in the warm-up move every weight by "
+                                   "about lr, whatever the gradient's size", check=at_least(0))
     plateau_patience: int = param(0, "halve the module lr after this many evaluations without improvement "
                                      "(0 = no schedule)", check=at_least(0))
     min_lr: float = param(1e-5, "floor of the plateau schedule", check=at_least(0.0))

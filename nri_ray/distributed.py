@@ -3,7 +3,7 @@
 Both expose the same interface to the training loop:
 
 - `make_server(cfg, dims, in_frames)`: the parameter server (in process, or an actor behind the
-  same interface: `weights()`, `apply(*gradients) -> (weights, Applied)`, `observe`, `lr`,
+  same interface: `weights()`, `apply(round, *gradients) -> (weights, Applied)`, `observe`, `lr`,
   `models()` for evaluation, `state_dict`/`load_state_dict` for checkpoints)
 - `step_all(weights, round_idx, batch_ids, temperature, mirror) -> (list[ShardStats], gradients)`:
   the driver reads the statistics; the gradients go to `server.apply` as they are (under Ray,
@@ -329,8 +329,8 @@ class RemoteServer:
         """The current weights, as an object reference (shards resolve it themselves)."""
         return self._weights
 
-    def apply(self, *gradients) -> tuple[object, Applied]:
-        (weights, state, _), applied = self._call("apply_with_state", 3, *gradients)
+    def apply(self, round_idx: int, *gradients) -> tuple[object, Applied]:
+        (weights, state, _), applied = self._call("apply_with_state", 3, round_idx, *gradients)
         self._weights, self._state, self._lr = weights, state, applied.lr
         return weights, applied
 

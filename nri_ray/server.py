@@ -25,6 +25,23 @@ class Applied(NamedTuple):
     lr: float  # the module learning rate now
 
 
+def lr_ramp(train, round_idx: int) -> float:
+    """Factor on the module lr in round `round_idx`: (r + 1) / N in the first N = `lr_ramp_rounds`
+    searched rounds r = 0 .. N-1 (counted from the end of the warm-up), 1 otherwise.
+
+    Why: Adam divides each weight's step by the root of its own squared-gradient average, so an
+    edge module's first steps move every one of its weights by about lr, whatever the gradient's
+    size. After a full-graph warm-up (module 0 on every edge) the other modules have had no
+    gradient yet and still hold their small initial outputs: one full-lr step multiplies module
+    1's messages by 10-16 on springs, and on some seeds that one step sends it where no structure
+    uses it again, so it never gets another gradient (docs/RESULTS.md, module collapse).
+    """
+    ramp, searched = train.lr_ramp_rounds, round_idx - train.warmup_rounds
+    if not ramp or searched < 0 or searched >= ramp:
+        return 1.0
+    return (searched + 1) / ramp
+
+
 class ParameterServer:
     """Owns weights and optimizers. `apply(gradients)` pools, steps and returns the new weights."""
 
@@ -43,7 +60,9 @@ class ParameterServer:
         """(module library, proposal network) with the current weights, for evaluation."""
         return Models(self.lib, self.proposer)
 
-    def apply(self, *gradients: Gradients) -> tuple[Weights, Applied]:
+    def apply(self, round_idx: int, *gradients: Gradients) -> tuple[Weights, Applied]:
+        """Pool round `round_idx`'s gradients and step both optimizers (the module lr scaled by
+        `lr_ramp`)."""
         gradients = sorted(gradients, key=lambda g: g.shard_id)
         tasks = [g.tasks for g in gradients]
         modules = pool_gradients([g.modules for g in gradients], tasks)
@@ -52,7 +71,13 @@ class ParameterServer:
         if not (np.isfinite(modules).all() and (proposal is None or np.isfinite(proposal).all())):
             return self.weights(), Applied(False, self.lr())
         unflatten_into(self.lib, modules, "grad")
+        factor = lr_ramp(self.cfg.train, round_idx)
+        scheduled = [group["lr"] for group in self.opt_modules.param_groups]  # the plateau schedule's rates
+        for group, lr in zip(self.opt_modules.param_groups, scheduled):
+            group["lr"] = lr * factor
         self.opt_modules.step()
+        for group, lr in zip(self.opt_modules.param_groups, scheduled):
+            group["lr"] = lr
         if learned:
             unflatten_into(self.proposer, proposal, "grad")
             if self.cfg.proposal.proposal_clip > 0:
@@ -60,9 +85,9 @@ class ParameterServer:
             self.opt_proposal.step()
         return self.weights(), Applied(True, self.lr())
 
-    def apply_with_state(self, *gradients: Gradients) -> tuple[Weights, dict, Applied]:
+    def apply_with_state(self, round_idx: int, *gradients: Gradients) -> tuple[Weights, dict, Applied]:
         """`apply`, plus the whole state afterwards (kept in the object store to restore a lost server)."""
-        weights, applied = self.apply(*gradients)
+        weights, applied = self.apply(round_idx, *gradients)
         return weights, self.state_dict(), applied
 
     def lr(self) -> float:

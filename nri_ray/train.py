@@ -267,7 +267,7 @@ def _train(cfg: Config, data: Dataset, run_dir: Path, meta: dict, state: dict | 
         stats = _round_stats(reports)
         if not all(math.isfinite(stats[k]) for k in ("loss", "grad_loss", "proposal_loss")):
             raise _fail_nonfinite("loss", round_idx, stats["grad_loss"], run_dir)
-        weights, applied = server.apply(*gradients)  # gradients and weights: references under Ray
+        weights, applied = server.apply(round_idx, *gradients)  # gradients and weights: references under Ray
         if not applied.finite:
             raise _fail_nonfinite("gradient", round_idx, f"loss {stats['grad_loss']:.3e} is finite", run_dir)
         for r in reports:

@@ -4,9 +4,9 @@
 # imported without labels, trained with the small preset, graphs inferred to Parquet and scored
 # against the held-back labels, and a 20-frame forecast checked against the trajectories' true
 # last 20 frames (predicted from the first 79) beside holding the last frame (static).
-#   usage: docs/examples/own_data_3d.sh D T WORKDIR      (docs/RESULTS.md, "Your own data")
+#   usage: docs/examples/own_data_3d.sh D T WORKDIR [TRAIN FLAGS...]   (docs/RESULTS.md, "Your own data")
 set -euo pipefail
-D=$1; T=$2; W=$3
+D=$1; T=$2; W=$3; shift 3
 mkdir -p "$W" && cd "$W"
 [ -d springs3d-$D ] || nri-ray data generate --dims 3 --num-train 2000 --num-valid 500 --num-test 1000 \
     --seed $D --out springs3d-$D --quiet
@@ -23,7 +23,7 @@ np.save("arrays-$D/test79.npy", np.load("arrays-$D/test.npy")[:, :79])
 PY
 [ -d own-$D ] || nri-ray data import --train arrays-$D/train.npy --valid arrays-$D/valid.npy \
     --test arrays-$D/test.npy --out own-$D
-nri-ray train --preset small --data own-$D --out run-$D-$T --seed $T --quiet
+nri-ray train --preset small --data own-$D --out run-$D-$T --seed $T --quiet "$@"
 nri-ray infer run-$D-$T --data own-$D --out graphs-$D-$T.parquet --labels arrays-$D/labels_test.npy --overwrite
 nri-ray predict run-$D-$T --trajectories arrays-$D/test79.npy --steps 20 --out forecast79-$D-$T.npy --overwrite
 python - <<PY
