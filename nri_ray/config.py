@@ -437,11 +437,15 @@ def preset(name: str) -> dict:
         # round (more search per gradient step), greedy SA (at this budget, heat only slows it).
         # A full-graph warm-up and the one-step block-optimum proposal make it converge on every seed
         # tried (docs/RESULTS.md, seed robustness): without them 4 of 10 seed pairs ended at 56-80%.
+        # The lr ramp over the first 100 searched rounds keeps Adam's first, scale-free step on edge
+        # module 1 (untrained in the warm-up) from making it so loud that no edge picks it again
+        # (docs/RESULTS.md, module collapse: 2 of 24 seed pairs ended at chance without it).
         return {
             "model": {"edge_hidden": [64, 64], "node_hidden": [64, 64], "edge_inputs": "relative", "loss_delta": 0.02},
             "proposal": {"proposal_hidden": 64, "proposal_lr": 3e-3, "block_search": True},
             "anneal": {"schedule": "constant", "t0": 0.0},
             "train": {"rounds": 1300, "meta_batch_size": 64, "sa_steps": 2, "lr": 1e-2, "warmup_rounds": 100,
+                      "lr_ramp_rounds": 100,
                       "eval_every": 100, "eval_tasks": 200, "eval_sa_steps": 20, "checkpoint_every": 100},
         }
     raise ConfigError(f"--preset: got {name!r}, expected one of {', '.join(PRESETS)}")
