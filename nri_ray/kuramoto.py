@@ -56,9 +56,6 @@ class KuramotoInitial(NamedTuple):
         """Number of trajectories."""
         return self.coupling.shape[0]
 
-    def slice(self, start: int, stop: int) -> "KuramotoInitial":
-        return KuramotoInitial(self.coupling[start:stop], self.freq[start:stop], self.phase[start:stop])
-
     def edge_matrix(self) -> np.ndarray:
         """`[trajectories, nodes, nodes]` in the project's sender-major convention: entry [s, r] = 1
         when s pulls r, that is the transpose of `coupling`."""

@@ -33,7 +33,7 @@ def lr_ramp(train, round_idx: int) -> float:
     edge module's first steps move every one of its weights by about lr, whatever the gradient's
     size. After a full-graph warm-up (module 0 on every edge) the other modules have had no
     gradient yet and still hold their small initial outputs: one full-lr step multiplies module
-    1's messages by 10-16 on springs, and on some seeds that one step sends it where no structure
+    1's messages by 9-15 on springs, and on some seeds that one step sends it where no structure
     uses it again, so it never gets another gradient (docs/RESULTS.md, module collapse).
     """
     ramp, searched = train.lr_ramp_rounds, round_idx - train.warmup_rounds
